@@ -1,0 +1,165 @@
+"""
+Configuration for the top-level scripts: defaults block -> config files -> --key=value.
+
+Each script (train.py, sample.py, bench.py, export.py) opens with a block of plain assignments,
+its defaults. Right after it the script calls `config = configure(globals())`, which
+  1. execs each bare argument as a Python config file, in order (`config/train_don_char.py`,
+     or just `train_don_char` / `eval_gpt2`, looked up in config/);
+  2. applies `--key=value` overrides: the value is read with ast.literal_eval, else taken as a
+     raw string, and checked against the type of the default (an int is fine for a float,
+     true/false in any case are booleans, the value may itself contain '=');
+  3. returns the final {key: value} dict (what checkpoints record as `config`).
+Keys that aren't in the defaults block stop the run before any work, with the closest known
+names. `-h` / `--help` prints the defaults block with its comments.
+
+    python train.py config/train_don_char.py config/cpu.py --max_iters=100 --compile=False
+"""
+
+import ast
+import difflib
+import os
+import re
+import sys
+import types
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+
+
+def fail(message):
+    """A user mistake: one line on stderr, exit code 2, nothing done."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def say(message):
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 talks
+        print(message)
+
+
+def config_keys(namespace):
+    """The overridable settings: public names bound to plain values in the defaults block."""
+    return [k for k, v in namespace.items()
+            if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))]
+
+
+def coerce(key, value, default):
+    """Check `value` against the type of `default`; return it converted, or raise ValueError."""
+    kind = type(default)
+    if default is None or value is None and kind not in (bool, str):
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        return value if isinstance(value, str) else str(value)
+    raise ValueError(f"expected {kind.__name__}, got {value!r}")
+
+
+def parse_value(raw, default):
+    if isinstance(default, str):
+        # strings stay as typed, unless they were quoted for the shell twice ("'abc'")
+        try:
+            value = ast.literal_eval(raw)
+            return value if isinstance(value, str) else raw
+        except (ValueError, SyntaxError):
+            return raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw  # e.g. cpu, true: coerce() decides whether a string is acceptable
+
+
+def unknown_keys_message(unknown, keys, where):
+    parts = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, keys, n=3, cutoff=0.6)
+        parts.append(f"{k} (did you mean {' or '.join(close)}?)" if close else k)
+    return f"{where}: unknown config key(s): {', '.join(parts)}. Run with --help to list every key."
+
+
+def find_config_file(arg):
+    candidates = [arg, os.path.join(CONFIG_DIR, arg), os.path.join(CONFIG_DIR, arg + ".py")]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    fail(f"config file {arg!r} not found (looked for {', '.join(candidates)}); "
+         f"ls {os.path.relpath(CONFIG_DIR)} lists the ones that ship")
+
+
+def print_help(script, keys, namespace):
+    """The defaults block of `script`: key, default and the comment beside it."""
+    comments = {}
+    if script and os.path.isfile(script):
+        for line in open(script, encoding="utf-8"):
+            m = re.match(r"^(\w+)\s*=\s*(.*?)\s*(?:#\s*(.*))?$", line.rstrip("\n"))
+            if m and m.group(1) in keys and m.group(1) not in comments:
+                comments[m.group(1)] = m.group(3) or ""
+    name = os.path.basename(script or "script.py")
+    print(f"usage: python {name} [config_file ...] [--key=value ...]\n")
+    print("Config files (config/*.py) are plain assignments, applied in order; --key=value after.")
+    print("Settings and their defaults:")
+    width = max(len(k) for k in keys)
+    for k in keys:
+        default = repr(namespace[k])
+        comment = comments.get(k, "")
+        print(f"  --{k:<{width}} = {default:<14}" + (f"  # {comment}" if comment else ""))
+    sys.exit(0)
+
+
+def configure(namespace, argv=None, script=None):
+    """Apply config files and --key=value overrides from argv to `namespace` (a script's
+    globals()); return the final settings as a dict."""
+    argv = sys.argv[1:] if argv is None else argv
+    script = script or namespace.get("__file__")
+    keys = config_keys(namespace)
+    if any(a in ("-h", "--help") for a in argv):
+        print_help(script, keys, namespace)
+    cli_keys = [a[2:].partition("=")[0] for a in argv
+                if a.startswith("--") and not a.startswith(("--config-path=", "--config-name="))]
+    unknown = [k for k in cli_keys if k not in keys]
+    if unknown:  # all of them at once, before any config file runs
+        fail(unknown_keys_message(unknown, keys, "command line"))
+
+    for arg in argv:
+        if arg.startswith("--config-path="):
+            continue  # Hydra-style launch lines: --config-path=config --config-name=NAME
+        if not arg.startswith("--") or arg.startswith("--config-name="):
+            path = find_config_file(arg.split("=", 1)[1] if arg.startswith("--") else arg)
+            say(f"Overriding config with {path}")
+            scope = {k: namespace[k] for k in keys}
+            try:
+                exec(compile(open(path, encoding="utf-8").read(), path, "exec"), scope)
+            except Exception as e:  # a config file is user code: report where it broke
+                fail(f"{path}: {type(e).__name__}: {e}")
+            changed = {k: v for k, v in scope.items()
+                       if not k.startswith("_") and k != "__builtins__"
+                       and not isinstance(v, (types.ModuleType, types.FunctionType, type))
+                       and (k not in namespace or v is not namespace[k])}
+            unknown = [k for k in changed if k not in keys]
+            if unknown:
+                fail(unknown_keys_message(unknown, keys, path))
+            for k, v in changed.items():
+                try:
+                    namespace[k] = coerce(k, v, namespace[k])
+                except ValueError as e:
+                    fail(f"{path}: {k}: {e}")
+        else:
+            key, sep, raw = arg[2:].partition("=")
+            if not sep:
+                fail(f"{arg} needs a value: --{key}=VALUE")
+            try:
+                namespace[key] = coerce(key, parse_value(raw, namespace[key]), namespace[key])
+            except ValueError as e:
+                fail(f"--{key}: {e}")
+            say(f"Overriding: {key} = {namespace[key]!r}")
+    return {k: namespace[k] for k in keys}

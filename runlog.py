@@ -1,0 +1,233 @@
+"""
+The training-run logger: one CSV that is always written, a loss plot, optional TensorBoard and wandb.
+
+train.py makes one RunLog on rank 0 and feeds it every logged step and every evaluation:
+
+    from runlog import RunLog
+    log = RunLog(out_dir, config, resume_iter=iter_num if resuming else None,
+                 tensorboard=False, wandb=False, wandb_project='owt', wandb_run_name='gpt2')
+    log.train(iter_num, loss, lr, ms_per_iter, tokens_per_s, mfu)   # mfu may be None
+    log.eval(iter_num, train_loss, val_loss, lr)                    # also redraws loss.png
+    log.close()
+
+What lands in out_dir:
+    log.csv       iter,kind,loss,train_loss,val_loss,lr,ms_per_iter,tokens_per_s,mfu
+                  kind is 'train' or 'eval'; cells that don't apply to the kind stay empty.
+                  Flushed after every row, so a killed run keeps its log. A resumed run drops
+                  the rows at or after the resume iteration and carries on below the rest.
+    loss.png      train loss (thin), eval train/val loss (markers), learning rate (right axis).
+    tensorboard/  event files, when tensorboard=True  (tensorboard --logdir <out_dir>)
+    wandb/        the wandb run folder, when wandb=True (WANDB_MODE=offline works)
+
+What it is not: a metrics framework. plot.py reads log.csv back to compare runs side by side.
+"""
+
+import csv
+import math
+import os
+
+COLUMNS = ("iter", "kind", "loss", "train_loss", "val_loss", "lr", "ms_per_iter", "tokens_per_s", "mfu")
+
+
+def read_log(csv_path):
+    """Rows of a log.csv as dicts: 'iter' an int, 'kind' a str, every other column a float or None."""
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "iter" not in reader.fieldnames or "kind" not in reader.fieldnames:
+            raise ValueError(f"{csv_path} is not a RunLog log.csv (header {reader.fieldnames}); "
+                             f"delete it or point at a folder written by train.py")
+        rows = []
+        for raw in reader:
+            row = _parse_row(raw)
+            if row is not None:
+                rows.append(row)
+    return rows
+
+
+def _parse_row(raw):
+    # A run killed in the middle of a write can leave a torn last line; such a row is skipped
+    # rather than stopping a resume or a plot.
+    try:
+        row = {"iter": int(raw["iter"]), "kind": raw["kind"]}
+        for name in COLUMNS[2:]:
+            cell = raw.get(name)
+            row[name] = float(cell) if cell not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+    return row
+
+
+def _format_cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, (int, str)):  # iter and kind
+        return str(value)
+    # 7 significant digits: exact enough for losses and learning rates, and a tokens/s figure
+    # up to ten million still prints without an exponent.
+    return f"{float(value):.7g}"
+
+
+def plot_title(config):
+    """'shakespeare_char · 6 layers, 6 heads, 384 wide' from whichever of those keys config has."""
+    parts = []
+    if config.get("dataset"):
+        parts.append(str(config["dataset"]))
+    shape = [f"{config[key]} {label}" for key, label in
+             (("n_layer", "layers"), ("n_head", "heads"), ("n_embd", "wide")) if key in config]
+    if shape:
+        parts.append(", ".join(shape))
+    return " · ".join(parts) or "training run"
+
+
+def import_matplotlib():
+    """matplotlib's Figure class, or None with a note when it isn't installed.
+
+    Figure plus savefig needs no pyplot and no global backend switch, so it renders with Agg
+    even on a headless node and never touches the backend of whoever imported us."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("note: matplotlib is not installed, so no plots are drawn (pip install matplotlib)")
+        return None
+    return Figure
+
+
+def save_figure(fig, png_path):
+    """Write to a temp file, then rename over png_path, so a viewer never shows half a PNG."""
+    tmp_path = png_path + ".tmp"
+    fig.savefig(tmp_path, format="png", dpi=110)
+    os.replace(tmp_path, png_path)
+
+
+class RunLog:
+    def __init__(self, out_dir, config, resume_iter=None, tensorboard=False, wandb=False,
+                 wandb_project="owt", wandb_run_name="gpt2", plot=True):
+        os.makedirs(out_dir, exist_ok=True)
+        self.out_dir = out_dir
+        self.config = dict(config)
+        self.csv_path = os.path.join(out_dir, "log.csv")
+        self.png_path = os.path.join(out_dir, "loss.png")
+        self.rows = []  # every row of this run, resumed ones included, so loss.png shows it all
+
+        if resume_iter is not None and os.path.exists(self.csv_path):
+            self.rows = [row for row in read_log(self.csv_path) if row["iter"] < resume_iter]
+            self._rewrite_csv(self.rows)
+            self.csv_file = open(self.csv_path, "a", newline="")
+        else:
+            self.csv_file = open(self.csv_path, "w", newline="")
+            self.csv_file.write(",".join(COLUMNS) + "\n")
+            self.csv_file.flush()
+
+        self.make_figure = import_matplotlib() if plot else None
+
+        self.tb_writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise SystemExit("tensorboard=True but tensorboard is not installed; run: pip install tensorboard")
+            # purge_step hides events at or after it that an earlier run left in the same folder:
+            # on a resume those are the steps about to be redone, on a fresh run (0) all of them.
+            # It mirrors what happens to log.csv.
+            self.tb_writer = SummaryWriter(log_dir=os.path.join(out_dir, "tensorboard"),
+                                           purge_step=resume_iter if resume_iter is not None else 0)
+
+        self.wandb = None
+        if wandb:
+            try:
+                import wandb as wandb_module
+            except ImportError:
+                raise SystemExit("wandb=True but wandb is not installed; run: pip install wandb")
+            wandb_module.init(project=wandb_project, name=wandb_run_name, config=self.config, dir=out_dir)
+            self.wandb = wandb_module
+
+    def _rewrite_csv(self, rows):
+        # Temp file + rename: if we die here, log.csv is either the old file or the new one.
+        tmp_path = self.csv_path + ".tmp"
+        with open(tmp_path, "w", newline="") as f:
+            f.write(",".join(COLUMNS) + "\n")
+            for row in rows:
+                f.write(",".join(_format_cell(row[name]) for name in COLUMNS) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, self.csv_path)
+
+    def _append(self, **values):
+        row = {name: values.get(name) for name in COLUMNS}
+        self.rows.append(row)
+        self.csv_file.write(",".join(_format_cell(row[name]) for name in COLUMNS) + "\n")
+        self.csv_file.flush()
+
+    def _scalars(self, iter_num, scalars):
+        scalars = {tag: value for tag, value in scalars.items() if value is not None}
+        if self.tb_writer is not None:
+            for tag, value in scalars.items():
+                self.tb_writer.add_scalar(tag, value, iter_num)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=iter_num)
+
+    def train(self, iter_num, loss, lr, ms_per_iter, tokens_per_s, mfu):
+        """One logged training step. mfu is a fraction of peak FLOPs, or None when not measured yet."""
+        self._append(iter=int(iter_num), kind="train", loss=float(loss), lr=float(lr),
+                     ms_per_iter=float(ms_per_iter), tokens_per_s=float(tokens_per_s),
+                     mfu=None if mfu is None else float(mfu))
+        self._scalars(iter_num, {"train/loss": float(loss), "lr": float(lr),
+                                 "perf/ms_per_iter": float(ms_per_iter),
+                                 "perf/tokens_per_s": float(tokens_per_s),
+                                 "perf/mfu": None if mfu is None else float(mfu)})
+
+    def eval(self, iter_num, train_loss, val_loss, lr):
+        """One evaluation; also redraws loss.png."""
+        self._append(iter=int(iter_num), kind="eval", train_loss=float(train_loss),
+                     val_loss=float(val_loss), lr=float(lr))
+        self._scalars(iter_num, {"eval/train_loss": float(train_loss),
+                                 "eval/val_loss": float(val_loss), "lr": float(lr)})
+        if self.tb_writer is not None:
+            self.tb_writer.flush()  # evals are rare, so flushing here costs nothing and a kill loses little
+        if self.make_figure is not None:
+            self.draw()
+
+    def draw(self):
+        """Draw loss.png from every row so far."""
+        train = [r for r in self.rows if r["kind"] == "train" and r["loss"] is not None]
+        evals = [r for r in self.rows if r["kind"] == "eval"]
+        fig = self.make_figure(figsize=(9, 5))
+        ax = fig.add_subplot()
+        if train:
+            ax.plot([r["iter"] for r in train], [r["loss"] for r in train],
+                    lw=0.6, alpha=0.35, color="tab:blue", label="train loss (per logged step)")
+        if evals:
+            iters = [r["iter"] for r in evals]
+            ax.plot(iters, [r["train_loss"] for r in evals], "o-", ms=3, color="tab:blue", label="eval: train loss")
+            ax.plot(iters, [r["val_loss"] for r in evals], "o-", ms=3, color="tab:orange", label="eval: val loss")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+
+        # lr comes from train rows and eval rows alike; sort so the line doesn't zigzag.
+        lr_points = sorted((r["iter"], r["lr"]) for r in self.rows if r["lr"] is not None and math.isfinite(r["lr"]))
+        lines, labels = ax.get_legend_handles_labels()
+        if lr_points:
+            lr_ax = ax.twinx()
+            lr_ax.plot([i for i, _ in lr_points], [lr for _, lr in lr_points],
+                       lw=1, ls="--", color="tab:green", label="learning rate")
+            lr_ax.set_ylabel("learning rate")
+            lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+            lr_lines, lr_labels = lr_ax.get_legend_handles_labels()
+            lines, labels = lines + lr_lines, labels + lr_labels
+        if lines:
+            ax.legend(lines, labels, loc="upper right", fontsize=8)
+        ax.set_title(plot_title(self.config))
+        fig.tight_layout()
+        save_figure(fig, self.png_path)
+
+    def close(self):
+        """Flush and close everything; safe to call twice."""
+        if not self.csv_file.closed:
+            self.csv_file.close()
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

@@ -1,0 +1,96 @@
+"""
+Where and in what precision the scripts run: device choice, autocast, the CPU's bf16 check and a
+quick matmul benchmark for the device's peak FLOP/s (the denominator of MFU).
+
+Shared by train.py, sample.py and bench.py so all three pick the same device and dtype.
+"""
+
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(device="auto"):
+    """'auto' -> cuda, then mps, then cpu; anything else is checked and returned as given."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but torch sees no CUDA GPU; use --device=cpu "
+                         f"(or install a CUDA build of torch)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None)
+                                and torch.backends.mps.is_available()):
+        raise ValueError("device='mps' but this torch has no MPS support; use --device=cpu")
+    return device
+
+
+def cpu_has_fast_bf16():
+    """True when the CPU has bf16 matrix instructions (AMX or AVX512-BF16), where bf16 matmuls
+    run several times faster than fp32. Elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False  # not Linux: no cheap way to know, fp32 is the safe choice
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def pick_dtype(dtype, device_type, quiet=False):
+    """'auto' -> bf16 on GPUs that have it (else fp16), bf16 on CPUs with bf16 units, else fp32."""
+    if dtype == "auto":
+        if device_type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        if device_type == "cpu" and cpu_has_fast_bf16():
+            return "bfloat16"
+        if device_type == "cpu" and not quiet:
+            note("this CPU has no bf16 matrix units: running in float32 (bf16 would be slower)")
+        return "float32"
+    if dtype not in PTDTYPE:
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    if dtype == "float16" and device_type == "cpu":
+        note("float16 on a CPU is slow and needs loss scaling; bfloat16 or float32 is better")
+    return dtype
+
+
+def autocast_context(device_type, dtype):
+    """Mixed precision for the forward pass: parameters and optimizer stay fp32."""
+    if dtype == "float32" or device_type == "mps":
+        return nullcontext()
+    return torch.autocast(device_type=device_type, dtype=PTDTYPE[dtype])
+
+
+def note(message):
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {message}", file=sys.stderr)
+
+
+def sync(device_type):
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    elif device_type == "mps":
+        torch.mps.synchronize()
+
+
+def measure_peak_flops(device, dtype, size=2048, seconds=0.5):
+    """Best achieved FLOP/s of a square matmul in `dtype` (the run's compute dtype)."""
+    device_type = "cuda" if "cuda" in device else device
+    a = torch.randn(size, size, device=device, dtype=PTDTYPE[dtype])
+    b = torch.randn(size, size, device=device, dtype=PTDTYPE[dtype])
+    best = float("inf")
+    a @ b  # warm-up: first call picks kernels
+    sync(device_type)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        a @ b
+        sync(device_type)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best

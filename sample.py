@@ -1,0 +1,221 @@
+"""
+Sample from a trained model (a checkpoint in out_dir) or from GPT-2 weights.
+
+    python sample.py --out_dir=out-don-char
+    python sample.py --out_dir=out-don-small-char --device=cpu --start="Sancho said" --num_samples=3
+    python sample.py --start=FILE:prompt/don.txt --max_new_tokens=300 --temperature=0
+    python sample.py --start="To be|Once upon a time" --stop="\n\n"   # two prompts, one batch
+    python sample.py --init_from=gpt2-xl --start="What is the answer?" --num_samples=5
+    python sample.py --out_dir=out-don-char --interactive=True       # a prompt loop
+`python sample.py --help` lists every setting below.
+"""
+
+import os
+import sys
+
+import torch
+
+# -----------------------------------------------------------------------------
+# defaults (a config file or --key=value overrides any of these)
+init_from = 'resume'  # 'resume' (a checkpoint in out_dir), gpt2*, or a local Hugging Face folder
+out_dir = 'out'  # where train.py wrote its checkpoints
+checkpoint_name = 'ckpt.pt'  # ckpt.pt (best val loss) or last.pt (latest)
+start = "\n"  # the prompt: text, FILE:path, '<|endoftext|>'; several prompts split by '|'
+prompt_separator = '|'  # splits start into prompts generated as one batch ('' = never split)
+num_samples = 10  # samples per prompt
+max_new_tokens = 500  # tokens generated per sample
+temperature = 0.8  # 1.0 = as trained, < 1 more conservative, 0 = greedy (always the top token)
+top_k = 200  # keep only the k most likely tokens (0 = all)
+top_p = 1.0  # keep the smallest set of tokens with this much probability (1.0 = all)
+stop = ''  # stop a sample where this text appears (it is not printed)
+stop_at_eot = False  # stop a sample at GPT-2's <|endoftext|> token
+stream = True  # print text as it is generated (when there is a single sample)
+seed = 1337
+device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
+dtype = 'auto'  # auto, float32, bfloat16, float16
+compile = False  # torch.compile the model (pays off only for long generations)
+use_cache = True  # KV cache; False recomputes the whole context per token (nanoGPT's way)
+context_window = 0  # tokens of context each prediction sees (0 = block_size)
+window_chunk = 1  # past the window: 1 = exact nanoGPT cropping, more = faster (see README)
+interactive = False  # a prompt loop that keeps the model loaded
+# -----------------------------------------------------------------------------
+from configurator import configure  # noqa: E402
+
+configure(globals())
+
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_name  # noqa: E402
+from model import GPT  # noqa: E402
+from runtime import autocast_context, pick_device, pick_dtype  # noqa: E402
+from textdata import StreamDecoder, Tokenizer, load_meta  # noqa: E402
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- model + vocab
+try:
+    device = pick_device(device)
+    device_type = 'cuda' if 'cuda' in device else device
+    dtype = pick_dtype(dtype, device_type, quiet=True)
+except ValueError as e:
+    fail(e)
+torch.manual_seed(seed)
+if device_type == 'cuda':
+    torch.cuda.manual_seed(seed)
+ctx = autocast_context(device_type, dtype)
+
+meta = None
+if init_from == 'resume':
+    ckpt_path = os.path.join(out_dir, resolve_name(checkpoint_name))
+    if not os.path.isfile(ckpt_path):
+        others = sorted(f for f in os.listdir(out_dir) if f.endswith('.pt')) \
+            if os.path.isdir(out_dir) else []
+        hint = (f"it has {', '.join(others)}: pass --checkpoint_name={others[0]}" if others else
+                "train a model first (python train.py ...) or point --out_dir at its folder")
+        fail(f"no checkpoint {ckpt_path}; {hint}")
+    try:
+        checkpoint = load_checkpoint(ckpt_path, device)
+        model = model_from_checkpoint(checkpoint, dropout=0.0)
+    except CheckpointError as e:
+        fail(e)
+    meta = checkpoint.get('meta')
+    dataset = (checkpoint.get('config') or {}).get('dataset')
+    if meta is None and dataset:  # nanoGPT checkpoints: the vocabulary is in the data folder
+        try:
+            meta = load_meta(os.path.join(REPO, 'data', dataset))
+        except ValueError as e:
+            fail(e)
+    del checkpoint
+else:
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+    except (OSError, ValueError, RuntimeError) as e:
+        fail(e)
+model.eval()
+model.to(device)
+if compile:
+    model = torch.compile(model)
+try:
+    tokenizer = Tokenizer.from_meta(meta)
+except (ValueError, RuntimeError, OSError) as e:
+    fail(e)
+if tokenizer.vocab_size > model.config.vocab_size:
+    fail(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+         f"{model.config.vocab_size}: this checkpoint was trained on another vocabulary")
+
+
+def read_prompt(text):
+    """FILE:path reads a file (relative to here, else to prompt/); anything else is the text."""
+    if not text.startswith('FILE:'):
+        return text
+    path = text[len('FILE:'):]
+    for candidate in (path, os.path.join(REPO, 'prompt', path), os.path.join(REPO, path)):
+        if os.path.isfile(candidate):
+            with open(candidate, 'r', encoding='utf-8') as f:
+                return f.read()
+    fail(f"prompt file {path!r} not found (looked here and in {os.path.join(REPO, 'prompt')})")
+
+
+def encode(text):
+    if text == '<|endoftext|>' and tokenizer.eot_token is not None:
+        return [tokenizer.eot_token]
+    ids = tokenizer.encode(text)
+    if not ids:
+        fail("the prompt is empty after encoding; give at least one character (e.g. --start='\\n')")
+    return ids
+
+
+# ----------------------------------------------------------------------------- generation
+class Sample:
+    """The text of one row as it grows: decoded incrementally, cut at a stop string or EOT."""
+
+    def __init__(self, prompt):
+        self.prompt = prompt
+        self.decoder = StreamDecoder(tokenizer)
+        self.text = ''
+        self.shown = 0  # characters already streamed
+        self.done = False
+
+    def add(self, token):
+        if self.done:
+            return
+        if stop_at_eot and token == tokenizer.eot_token:
+            self.finish()
+            return
+        self.text += self.decoder.push([token])
+        if stop and stop in self.text:
+            self.text = self.text[:self.text.index(stop)]
+            self.done = True
+
+    def finish(self):
+        if not self.done:
+            self.text += self.decoder.flush()
+            if stop and stop in self.text:
+                self.text = self.text[:self.text.index(stop)]
+        self.done = True
+
+    def ready_text(self):
+        """New text that can be shown: holds back a tail that might still become the stop string."""
+        end = len(self.text) if self.done or not stop else max(len(self.text) - len(stop) + 1, 0)
+        new = self.text[self.shown:end]
+        self.shown = max(self.shown, end)
+        return new
+
+
+def generate(prompts, settings, show_stream):
+    """Generate settings['num_samples'] samples per prompt as one batch; return the Samples."""
+    rows = [p for p in prompts for _ in range(settings['num_samples'])]
+    samples = [Sample(p) for p in rows]
+    if show_stream:
+        print(rows[0], end='', flush=True)
+    stream_iter = model.generate_stream(
+        [encode(p) for p in rows], settings['max_new_tokens'], settings['temperature'],
+        settings['top_k'] or None, settings['top_p'], use_cache=use_cache,
+        context_window=context_window or None, window_chunk=window_chunk)
+    try:
+        with ctx:
+            for tokens in stream_iter:
+                for sample, token in zip(samples, tokens.tolist()):
+                    sample.add(token)
+                if show_stream:
+                    print(samples[0].ready_text(), end='', flush=True)
+                if all(s.done for s in samples):
+                    break
+    finally:
+        stream_iter.close()
+        for s in samples:
+            s.finish()
+        if show_stream:
+            print(samples[0].ready_text(), flush=True)
+    return samples
+
+
+settings = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                top_k=top_k, top_p=top_p, seed=seed)
+
+
+def run_once():
+    prompts = [read_prompt(p) for p in
+               (start.split(prompt_separator) if prompt_separator else [start])]
+    for p in prompts:
+        encode(p)  # check every prompt before generating any
+    single = len(prompts) * num_samples == 1
+    samples = generate(prompts, settings, show_stream=stream and single)
+    if not (stream and single):
+        for s in samples:
+            print(s.prompt + s.text)
+            print('---------------')
+
+
+if interactive:
+    from interactive import prompt_loop
+    prompt_loop(generate, settings, encode)
+else:
+    try:
+        run_once()
+    except ValueError as e:  # e.g. characters the vocabulary doesn't have
+        fail(e)

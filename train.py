@@ -1,0 +1,475 @@
+"""
+Train a GPT: from scratch, from a checkpoint (resume) or from GPT-2 weights (finetune).
+
+One process on a CPU, a GPU or Apple's MPS:
+    python train.py config/train_don_char.py config/cpu.py
+    python train.py config/train_shakespeare_char.py --device=cpu --compile=False --max_iters=2000
+Distributed data parallel, one process per GPU (or per CPU socket, with gloo):
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py
+Resume where a run stopped (exactly: same batches, same random numbers):
+    python train.py config/train_don_char.py --init_from=resume --resume_checkpoint_name=last.pt
+`python train.py --help` lists every setting below.
+"""
+
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+# -----------------------------------------------------------------------------
+# defaults (a config file in config/ or --key=value overrides any of these)
+# I/O
+out_dir = 'out'  # checkpoints, log.csv and loss.png go here
+eval_interval = 2000  # iterations between evaluations of train/val loss
+log_interval = 1  # iterations between printed (and logged) training losses
+eval_iters = 200  # batches per split in each evaluation
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # write ckpt.pt at every eval, not only when val loss improves
+checkpoint_interval = 0  # write last.pt every this many iterations (0 = at every eval)
+init_from = 'scratch'  # 'scratch', 'resume', 'gpt2*' or a local Hugging Face GPT-2 folder
+resume_checkpoint_name = 'ckpt.pt'  # which checkpoint init_from='resume' reads: ckpt.pt or last.pt
+# logging (a CSV and a PNG plot are always written to out_dir)
+wandb_log = False  # also log to Weights & Biases (WANDB_MODE=offline works)
+wandb_project = 'owt'
+wandb_run_name = 'gpt2'
+tensorboard_log = False  # also write TensorBoard events to out_dir/tensorboard
+# data
+dataset = 'openwebtext'  # folder under data/ holding train.bin, val.bin (and meta.json)
+gradient_accumulation_steps = 5 * 8  # micro-batches per optimizer step (summed over all ranks)
+batch_size = 12  # sequences per micro-batch
+block_size = 1024  # context length in tokens
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0  # 0 for pretraining, try 0.1+ for finetuning
+bias = False  # biases in Linear/LayerNorm layers
+# AdamW optimizer
+learning_rate = 6e-4  # peak learning rate
+max_iters = 600000  # total optimizer steps
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip the gradient norm to this (0 = off)
+# learning rate schedule: linear warmup, cosine decay to min_lr, then flat
+decay_lr = True  # False = constant learning_rate
+warmup_iters = 2000
+lr_decay_iters = 600000  # ~= max_iters per Chinchilla
+min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
+# DDP
+backend = 'nccl'  # for CUDA; CPU runs always use gloo
+# system
+device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
+dtype = 'auto'  # auto, float32, bfloat16, float16 (float16 adds a GradScaler)
+compile = True  # torch.compile the model (PyTorch 2)
+seed = 1337  # base random seed (each DDP rank adds its rank)
+peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul at start
+# -----------------------------------------------------------------------------
+from configurator import configure  # noqa: E402  (after the defaults it overrides)
+
+config = configure(globals())
+
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_name, \
+    save_checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+from runtime import autocast_context, measure_peak_flops, note, pick_device, pick_dtype  # noqa: E402
+from textdata import load_meta  # noqa: E402
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def fail(message, code=1):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ----------------------------------------------------------------------------- setup
+ddp = int(os.environ.get('RANK', -1)) != -1
+try:
+    device = pick_device(device)
+except ValueError as e:
+    fail(e)
+device_type = 'cuda' if 'cuda' in device else device.split(':')[0]
+if ddp:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ddp_rank = int(os.environ['RANK'])
+    ddp_local_rank = int(os.environ['LOCAL_RANK'])
+    ddp_world_size = int(os.environ['WORLD_SIZE'])
+    if device_type == 'cuda':
+        device = f'cuda:{ddp_local_rank}'
+        torch.cuda.set_device(device)
+    elif backend == 'nccl':
+        backend = 'gloo'  # nccl is GPU-only
+    dist.init_process_group(backend=backend)
+    master_process = ddp_rank == 0
+    seed_offset = ddp_rank
+    if gradient_accumulation_steps % ddp_world_size != 0:
+        fail(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the "
+             f"{ddp_world_size} processes; use a multiple of {ddp_world_size}")
+    gradient_accumulation_steps //= ddp_world_size
+else:
+    ddp_rank, ddp_world_size, master_process, seed_offset = 0, 1, True, 0
+
+dtype = pick_dtype(dtype, device_type, quiet=not master_process)
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+if master_process:
+    print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); "
+          f"tokens per iteration: {tokens_per_iter:,}")
+    os.makedirs(out_dir, exist_ok=True)
+torch.manual_seed(seed + seed_offset)
+if device_type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: fast, accurate enough
+    torch.backends.cudnn.allow_tf32 = True
+ctx = autocast_context(device_type, dtype)
+
+# ----------------------------------------------------------------------------- data
+data_dir = dataset if os.path.isdir(os.path.join(dataset, '')) and os.path.sep in dataset \
+    else os.path.join(REPO, 'data', dataset)
+for split in ('train', 'val'):
+    if not os.path.isfile(os.path.join(data_dir, f'{split}.bin')):
+        prepare = os.path.join('data', dataset, 'prepare.py')
+        fail(f"dataset {dataset!r} has no {split}.bin in {data_dir}; run: python {prepare}"
+             if os.path.isfile(os.path.join(REPO, prepare)) else
+             f"dataset {dataset!r} has no {split}.bin in {data_dir}; prepare it first "
+             f"(ls data/ lists the datasets that ship a prepare.py)")
+try:
+    meta = load_meta(data_dir)
+except ValueError as e:
+    fail(e)
+token_dtype = np.dtype(meta['dtype'] if meta else 'uint16')
+for split in ('train', 'val'):
+    n_tokens = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // token_dtype.itemsize
+    if n_tokens <= block_size:
+        fail(f"{split}.bin of {dataset!r} has {n_tokens} tokens, not more than block_size="
+             f"{block_size}; use a smaller --block_size or more text")
+
+
+def get_batch(split, generator):
+    """batch_size random windows of block_size + 1 tokens: inputs and next-token targets."""
+    # a fresh memmap per batch: pages it touched are released, so memory stays flat on huge files
+    data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=token_dtype, mode='r')
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    rows = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
+    x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, T) each
+    if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# the training sampler has its own generator so its position can be saved and resumed exactly
+train_generator = torch.Generator().manual_seed(seed + seed_offset)
+
+# ----------------------------------------------------------------------------- model
+iter_num = 0
+best_val_loss = float('inf')
+checkpoint = None
+vocab_size = meta['vocab_size'] if meta else None
+if init_from == 'scratch':
+    if master_process and vocab_size is None:
+        print("no meta.json in the dataset: assuming GPT-2's vocabulary (50304 = 50257 padded)")
+    model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                      bias=bias, vocab_size=vocab_size or 50304, dropout=dropout)
+    try:
+        model = GPT(GPTConfig(**model_args))
+    except ValueError as e:
+        fail(e)
+elif init_from == 'resume':
+    ckpt_path = os.path.join(out_dir, resolve_name(resume_checkpoint_name))
+    try:
+        checkpoint = load_checkpoint(ckpt_path, device)
+        model = model_from_checkpoint(checkpoint, dropout=dropout)
+    except CheckpointError as e:
+        fail(e)
+    iter_num = checkpoint['iter_num']
+    best_val_loss = float(checkpoint['best_val_loss'])
+    if master_process:
+        print(f"resuming from {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
+elif init_from.startswith('gpt2') or os.path.isdir(init_from) or '/' in init_from:
+    if meta and meta.get('tokenizer') == 'char':
+        fail(f"dataset {dataset!r} is character-level, but {init_from} expects GPT-2 BPE tokens; "
+             f"use a BPE dataset such as data/don (python data/don/prepare.py)")
+    if master_process:
+        print(f"initializing from GPT-2 weights: {init_from}")
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+    except (OSError, ValueError, RuntimeError) as e:
+        fail(e)
+else:
+    fail(f"init_from={init_from!r}: use 'scratch', 'resume', gpt2/gpt2-medium/gpt2-large/gpt2-xl "
+         f"or the path of a local Hugging Face GPT-2 folder")
+if vocab_size is not None and vocab_size > model.config.vocab_size:
+    fail(f"dataset vocabulary ({vocab_size}) is larger than the model's ({model.config.vocab_size})")
+if block_size < model.config.block_size:
+    model.crop_block_size(block_size)  # e.g. GPT-2's 1024 positions cut down to 256
+elif block_size > model.config.block_size:
+    fail(f"block_size={block_size} is larger than the model's {model.config.block_size} learned "
+         f"positions; use --block_size={model.config.block_size} or less")
+model_args = model.config.to_model_args()
+model.to(device)
+
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    if 'scaler' in checkpoint and checkpoint['scaler']:
+        scaler.load_state_dict(checkpoint['scaler'])
+
+raw_model = model
+if compile:
+    if master_process:
+        print("compiling the model with torch.compile (takes a minute; --compile=False skips it)")
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+
+if peak_flops <= 0 and master_process:
+    peak_flops = measure_peak_flops(device, dtype, size=4096 if device_type == 'cuda' else 1024)
+    print(f"measured {dtype} matmul peak: {peak_flops / 1e9:,.0f} GFLOP/s (MFU is relative to it)")
+
+
+# ----------------------------------------------------------------------------- helpers
+def get_lr(it):
+    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters batches per split. The same batches every time (a fixed seed),
+    so successive evals compare like with like and the training random stream is untouched."""
+    out = {}
+    model.eval()
+    for k, split in enumerate(('train', 'val')):
+        generator = torch.Generator().manual_seed(seed + 1000 * (k + 1) + seed_offset)
+        losses = torch.zeros(eval_iters)
+        steps = range(eval_iters)
+        if master_process and eval_iters >= 50:
+            from tqdm import tqdm
+            steps = tqdm(steps, desc=f"eval {split}", leave=False, delay=2.0)  # only if slow
+        for i in steps:
+            X, Y = get_batch(split, generator)
+            with ctx:
+                _, loss = model(X, Y)
+            losses[i] = loss.item()
+        out[split] = losses.mean().item()
+    if ddp:  # every rank evaluated different batches: average them, and agree on the result
+        t = torch.tensor([out['train'], out['val']], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.AVG if backend == 'nccl' else dist.ReduceOp.SUM)
+        if backend != 'nccl':
+            t /= ddp_world_size
+        out = {'train': t[0].item(), 'val': t[1].item()}
+    model.train()
+    return out
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {
+        'python': random.getstate(),
+        'numpy': (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if device_type == 'cuda' else [],
+        'sampler': train_generator.get_state(),
+    }
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    kind, keys, *rest = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state['torch'])
+    if device_type == 'cuda' and state['cuda']:
+        torch.cuda.set_rng_state_all(state['cuda'])
+    train_generator.set_state(state['sampler'])
+
+
+def save(name, rng_states):
+    path = os.path.join(out_dir, name)
+    save_checkpoint({
+        'model': raw_model.state_dict(),
+        'optimizer': optimizer.state_dict(),
+        'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+        'model_args': model_args,
+        'iter_num': iter_num,
+        'best_val_loss': best_val_loss,
+        'config': config,
+        'meta': meta,  # the vocabulary, so sample.py works without the data folder
+        'rng': rng_states,  # one entry per rank
+        'world_size': ddp_world_size,
+    }, path)
+    print(f"saved {path} (iteration {iter_num})")
+
+
+def gather_rng_states():
+    """Every rank's random state, collected on rank 0 (all ranks must call this)."""
+    state = rng_state()
+    if not ddp:
+        return [state]
+    states = [None] * ddp_world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def resume_command():
+    args = [a for a in sys.argv[1:]
+            if not a.startswith(('--init_from=', '--resume_checkpoint_name='))]
+    launcher = 'torchrun --nproc_per_node=N train.py' if ddp else 'python train.py'
+    return ' '.join([launcher, *args, '--init_from=resume', '--resume_checkpoint_name=last.pt'])
+
+
+# Ctrl+C (SIGINT) or a scheduler's SIGTERM: finish the step, write last.pt, exit 130.
+stop_requested = False
+
+
+def request_stop(signum, frame):
+    global stop_requested
+    if stop_requested:
+        print("\nsecond interrupt: exiting now without saving", file=sys.stderr)
+        os._exit(130)
+    stop_requested = True
+    if master_process:
+        print("\ninterrupt: finishing this step, then writing last.pt "
+              "(press Ctrl+C again to quit at once)", file=sys.stderr)
+
+
+signal.signal(signal.SIGINT, request_stop)
+signal.signal(signal.SIGTERM, request_stop)
+
+if checkpoint is not None:
+    saved = checkpoint.get('rng')
+    if saved and len(saved) == ddp_world_size:
+        set_rng_state(saved[ddp_rank])
+    elif master_process:
+        note("the checkpoint has no random state for this world size (nanoGPT checkpoint, or a "
+             "different number of processes): batches and dropout continue from a fresh seed")
+    checkpoint = None  # free the memory
+
+runlog = None
+if master_process:
+    from runlog import RunLog
+    runlog = RunLog(out_dir, config, resume_iter=iter_num if init_from == 'resume' else None,
+                    tensorboard=tensorboard_log, wandb=wandb_log, wandb_project=wandb_project,
+                    wandb_run_name=wandb_run_name)
+
+# ----------------------------------------------------------------------------- training loop
+last_iter = max_iters
+if iter_num >= max_iters and not eval_only:
+    eval_only = True  # e.g. --init_from=resume --max_iters=0: just report the losses
+checkpoint_every = checkpoint_interval or eval_interval
+start_iter = iter_num
+loss_sum = torch.zeros((), device=device)  # summed on the device; read only at log_interval
+t0 = time.time()
+iters_since_log = 0
+running_mfu = -1.0
+exit_code = 0
+while True:
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+    if iter_num % eval_interval == 0 or iter_num == last_iter or eval_only:
+        losses = estimate_loss()
+        if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
+            if master_process:
+                print(f"error: the evaluated loss is not finite at iteration {iter_num} "
+                      f"(train {losses['train']}, val {losses['val']}); nothing was saved. "
+                      f"Lower learning_rate (now {learning_rate}) or use dtype=bfloat16/float32",
+                      file=sys.stderr)
+            exit_code = 3
+            break
+        if master_process:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            runlog.eval(iter_num, losses['train'], losses['val'], lr)
+        improved = losses['val'] < best_val_loss
+        best_val_loss = min(best_val_loss, losses['val'])  # only ever goes down, even on resume
+        if not eval_only and iter_num > start_iter and (improved or always_save_checkpoint):
+            states = gather_rng_states()
+            if master_process:
+                save('ckpt.pt', states)
+    if eval_only:
+        break
+    if iter_num > start_iter and (iter_num % checkpoint_every == 0 or iter_num >= last_iter):
+        states = gather_rng_states()
+        if master_process:
+            save('last.pt', states)
+    if iter_num >= last_iter:
+        break
+
+    # one optimizer step over gradient_accumulation_steps micro-batches
+    X, Y = get_batch('train', train_generator)
+    for micro_step in range(gradient_accumulation_steps):
+        if ddp:  # sync gradients only on the last micro-step; the others just accumulate
+            model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
+        with ctx:
+            logits, loss = model(X, Y)
+            loss = loss / gradient_accumulation_steps  # the sum over micro-steps is the mean
+        if micro_step < gradient_accumulation_steps - 1:
+            X, Y = get_batch('train', train_generator)  # fetch the next while backward runs
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+    iters_since_log += 1
+
+    nonfinite = False
+    if iter_num % log_interval == 0:
+        lossf = loss_sum.item() / iters_since_log  # the only host sync of a step
+        loss_sum.zero_()
+        nonfinite = not math.isfinite(lossf)
+        dt = (time.time() - t0) / iters_since_log
+        t0 = time.time()
+        if master_process and not nonfinite:
+            if iter_num - start_iter >= 5:  # let the first iterations (warm-up, compile) pass
+                mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps * ddp_world_size,
+                                             dt, peak_flops)
+                running_mfu = mfu if running_mfu < 0 else 0.9 * running_mfu + 0.1 * mfu
+            tokens_per_s = tokens_per_iter / dt
+            mfu_text = f", mfu {running_mfu * 100:.1f}%" if running_mfu >= 0 else ""
+            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
+                  f"{tokens_per_s:,.0f} tok/s{mfu_text}")
+            runlog.train(iter_num, lossf, lr, dt * 1000, tokens_per_s,
+                         running_mfu if running_mfu >= 0 else None)
+        iters_since_log = 0
+    flags = torch.tensor([float(stop_requested), float(nonfinite)])
+    if ddp:  # all ranks must stop at the same step, or the others wait forever in all_reduce
+        flags = flags.to(device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    if flags[1] > 0:
+        if master_process:
+            print(f"error: loss is not finite at iteration {iter_num}; training stopped and no "
+                  f"checkpoint was written over the last good ones in {out_dir}. Try a lower "
+                  f"learning_rate (now {learning_rate}), grad_clip=1.0, or dtype=bfloat16/float32 "
+                  f"instead of float16", file=sys.stderr)
+        exit_code = 3
+        break
+    if flags[0] > 0:
+        states = gather_rng_states()
+        if master_process:
+            save('last.pt', states)
+            print(f"stopped at iteration {iter_num}. To resume:\n  {resume_command()}")
+        exit_code = 130
+        break
+
+if runlog is not None:
+    runlog.close()
+if ddp:
+    dist.destroy_process_group()
+sys.exit(exit_code)
