@@ -1,0 +1,25 @@
+"""
+Tiny Shakespeare (about 1 MB, 40,000 lines of plays) as GPT-2 BPE tokens (tiktoken).
+
+    python data/shakespeare/prepare.py                  # from the repo root, or from any folder
+    python data/shakespeare/prepare.py --input=PATH     # use a UTF-8 text file you already have (offline)
+    python data/shakespeare/prepare.py --encoding=cl100k_base   # another tiktoken encoding (ids stored as uint32)
+
+Reads data/shakespeare/input.txt (downloading it from the url below when missing), cleans it (BOM, CRLF,
+Project Gutenberg header/footer) and writes train.bin, val.bin and meta.json next to this file.
+The work is done by textdata.prepare_bpe, shared with the other BPE datasets. Offline, tiktoken
+needs its files cached: set TIKTOKEN_CACHE_DIR (see shared/data/README.md).
+"""
+
+import os
+import sys
+
+DATASET_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for textdata.py
+
+from textdata import prepare_bpe  # noqa: E402  (needs the sys.path line above)
+
+URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+if __name__ == "__main__":
+    prepare_bpe(DATASET_DIR, URL, sys.argv[1:])
