@@ -235,6 +235,20 @@ def _count_tokens(dataset_dir, name, dtype):
     return os.path.getsize(path) // np.dtype(dtype).itemsize if os.path.exists(path) else None
 
 
+def sample_batch(bin_path, dtype, batch_size, block_size, generator=None):
+    """batch_size random windows of a .bin file: inputs x and next-token targets y, (B, T) int64.
+
+    The memmap is opened per batch on purpose: closing it releases the pages it touched, so
+    resident memory stays flat even when train.bin is far larger than RAM.
+    """
+    import torch  # only the training side needs torch; prepare scripts don't
+
+    data = np.memmap(bin_path, dtype=np.dtype(dtype), mode="r")
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    rows = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
+    return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, T) each
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
     """Loads only what a pickle builds without importing: dict, list, tuple, set, str, bytes, numbers,
     bool, None. Every class or function reference (the way a pickle runs code) goes through

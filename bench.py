@@ -1,0 +1,243 @@
+"""
+Benchmarks: training-step speed (ms/iter, tokens/s, FLOP/s, MFU), two settings side by side,
+a profiler view, and generation speed with and without the KV cache.
+
+    python bench.py                                          # train_don_char.py's shape, random data
+    python bench.py config/train_shakespeare_char.py config/cpu_small.py --dataset=shakespeare_char
+    python bench.py --compare="--dtype=float32 --compile=False"    # ours vs nanoGPT's CPU path
+    python bench.py --profile=True                           # where the time of a step goes
+    python bench.py --mode=generate                          # tokens/s: KV cache vs recompute
+    python bench.py --quick=True                             # a tiny smoke run
+
+Timings on a shared machine are noisy: the comparison alternates A and B (A B A B ...) and
+reports medians, so drift hits both sides alike.
+"""
+
+import statistics
+import sys
+import time
+
+import torch
+
+# -----------------------------------------------------------------------------
+# defaults (config/train_don_char.py's model shape; a config file or --key=value overrides)
+mode = 'train'  # train (time optimizer steps) or generate (time sampling)
+dataset = ''  # '' = random tokens; else a prepared data/<dataset> (its vocabulary is used)
+vocab_size = 65  # with random tokens only
+batch_size = 64
+block_size = 256
+gradient_accumulation_steps = 1
+n_layer = 6
+n_head = 6
+n_embd = 384
+dropout = 0.2
+bias = False
+learning_rate = 1e-3
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0
+device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, mps
+dtype = 'auto'  # auto, float32, bfloat16, float16
+compile = False  # torch.compile the model
+seed = 1337
+warmup_iters = 2  # untimed steps first (kernel selection, compilation, allocator)
+num_iters = 5  # timed steps per round
+rounds = 1  # with compare: A B A B ... this many times
+compare = ''  # other settings to time against these, e.g. "--dtype=float32 --compile=False"
+peak_flops = 0.0  # FLOP/s that MFU is relative to; 0 = measure a matmul in the run's dtype
+profile = False  # run torch.profiler over a few steps and print the top operators
+max_new_tokens = 500  # generate mode: tokens per sample (one sample, one-token prompt)
+window_chunk = 64  # generate mode: also time this approximate past-the-window setting
+quick = False  # tiny shapes and few steps: checks that everything runs
+# -----------------------------------------------------------------------------
+# keys that train.py's config files set and a benchmark has no use for
+TRAIN_ONLY = ['out_dir', 'eval_interval', 'log_interval', 'eval_iters', 'eval_only',
+              'always_save_checkpoint', 'checkpoint_interval', 'init_from',
+              'resume_checkpoint_name', 'wandb_log', 'wandb_project', 'wandb_run_name',
+              'tensorboard_log', 'max_iters', 'decay_lr', 'lr_decay_iters', 'min_lr', 'backend']
+from configurator import coerce, configure, parse_value  # noqa: E402
+
+config = configure(globals(), ignore=TRAIN_ONLY)
+
+import os  # noqa: E402
+
+from model import GPT, GPTConfig  # noqa: E402
+from runtime import autocast_context, measure_peak_flops, pick_device, pick_dtype, sync  # noqa: E402
+from textdata import load_meta, sample_batch  # noqa: E402
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+if quick:
+    config.update(batch_size=4, block_size=32, n_layer=2, n_head=2, n_embd=32, warmup_iters=1,
+                  num_iters=2, max_new_tokens=40, window_chunk=8)
+
+
+def parse_overrides(text, base):
+    """'--dtype=float32 --compile=False' -> settings: base with those keys replaced."""
+    settings = dict(base)
+    for arg in text.split():
+        key, sep, raw = arg.lstrip('-').partition('=')
+        if not sep or key not in base:
+            sys.exit(f"error: --compare takes --key=value settings of bench.py, got {arg!r}")
+        try:
+            settings[key] = coerce(key, parse_value(raw, base[key]), base[key])
+        except ValueError as e:
+            sys.exit(f"error: --compare {arg}: {e}")
+    return settings
+
+
+class Runner:
+    """One benchmark setting: its model, optimizer and data, ready to time steps."""
+
+    def __init__(self, s, label):
+        self.s, self.label = s, label
+        self.device = pick_device(s['device'])
+        self.device_type = 'cuda' if 'cuda' in self.device else self.device
+        self.dtype = pick_dtype(s['dtype'], self.device_type, quiet=True)
+        self.ctx = autocast_context(self.device_type, self.dtype)
+        torch.manual_seed(s['seed'])
+        self.generator = torch.Generator().manual_seed(s['seed'])
+        self.meta, self.bin_path = None, None
+        if s['dataset']:
+            data_dir = os.path.join(REPO, 'data', s['dataset'])
+            self.bin_path = os.path.join(data_dir, 'train.bin')
+            if not os.path.isfile(self.bin_path):
+                sys.exit(f"error: no {self.bin_path}; run: python data/{s['dataset']}/prepare.py")
+            self.meta = load_meta(data_dir)
+        vocab = self.meta['vocab_size'] if self.meta else s['vocab_size']
+        cfg = GPTConfig(n_layer=s['n_layer'], n_head=s['n_head'], n_embd=s['n_embd'],
+                        block_size=s['block_size'], vocab_size=vocab, dropout=s['dropout'],
+                        bias=s['bias'])
+        self.raw_model = GPT(cfg).to(self.device)
+        self.model = torch.compile(self.raw_model) if s['compile'] else self.raw_model
+        self.optimizer = self.raw_model.configure_optimizers(
+            s['weight_decay'], s['learning_rate'], (s['beta1'], s['beta2']), self.device_type)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == 'float16'))
+        self.tokens_per_iter = s['batch_size'] * s['block_size'] * s['gradient_accumulation_steps']
+        self.flops_per_iter = self.raw_model.flops_per_token() * self.tokens_per_iter
+        self.times = []
+
+    def batch(self):
+        s = self.s
+        if self.bin_path:
+            x, y = sample_batch(self.bin_path, self.meta['dtype'] if self.meta else 'uint16',
+                                s['batch_size'], s['block_size'], self.generator)
+        else:
+            x = torch.randint(self.raw_model.config.vocab_size, (s['batch_size'], s['block_size']),
+                              generator=self.generator)
+            y = torch.roll(x, -1, dims=1)
+        return x.to(self.device), y.to(self.device)
+
+    def step(self):
+        for _ in range(self.s['gradient_accumulation_steps']):
+            x, y = self.batch()
+            with self.ctx:
+                _, loss = self.model(x, y)
+            self.scaler.scale(loss / self.s['gradient_accumulation_steps']).backward()
+        if self.s['grad_clip']:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.s['grad_clip'])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def time_steps(self, n):
+        for _ in range(n):
+            t0 = time.perf_counter()
+            loss = self.step()
+            loss.item()  # waits for the device, like train.py at each log line
+            sync(self.device_type)
+            self.times.append(time.perf_counter() - t0)
+
+    def report(self, peak):
+        ms = statistics.median(self.times) * 1000
+        flops = self.flops_per_iter / (ms / 1000)
+        print(f"{self.label}: {ms:.2f} ms/iter (median of {len(self.times)}), "
+              f"{self.tokens_per_iter / (ms / 1000):,.0f} tokens/s, {flops / 1e9:,.1f} GFLOP/s, "
+              f"MFU {flops / peak * 100:.1f}% of {peak / 1e9:,.0f} GFLOP/s ({self.dtype} peak)")
+        return ms
+
+
+def describe(s, r):
+    return (f"{s['n_layer']} layers, {s['n_head']} heads, {s['n_embd']} wide, block "
+            f"{s['block_size']}, batch {s['batch_size']}x{s['gradient_accumulation_steps']}, "
+            f"dropout {s['dropout']}, {r.device} {r.dtype}, compile {s['compile']}, "
+            f"{r.raw_model.get_num_params() / 1e6:.2f}M params, "
+            f"{'data ' + s['dataset'] if s['dataset'] else 'random tokens'}")
+
+
+def peak_for(runner):
+    return config['peak_flops'] or measure_peak_flops(runner.device, runner.dtype)
+
+
+def bench_train():
+    runners = [Runner(config, 'A' if compare else 'result')]
+    if compare:
+        runners.append(Runner(parse_overrides(compare, config), 'B'))
+    for r in runners:
+        print(f"{r.label}: {describe(r.s, r)}")
+        r.time_steps(config['warmup_iters'])
+        r.times.clear()
+    for _ in range(config['rounds'] if compare else 1):
+        for r in runners:
+            r.time_steps(config['num_iters'])
+    medians = [r.report(peak_for(r)) for r in runners]
+    if compare:
+        print(f"B/A time ratio {medians[1] / medians[0]:.2f}: A is {medians[1] / medians[0]:.2f}x "
+              f"as fast as B ({compare})")
+    if config['profile']:
+        profile_steps(runners[0])
+
+
+def profile_steps(runner, steps=3):
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                           if runner.device_type == 'cuda' else [])
+    with torch_profile(activities=activities) as prof:
+        runner.time_steps(steps)
+    sort_by = 'self_cuda_time_total' if runner.device_type == 'cuda' else 'self_cpu_time_total'
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=20))
+    trace = 'bench_trace.json'
+    prof.export_chrome_trace(trace)
+    print(f"wrote {trace} (open it in chrome://tracing or https://ui.perfetto.dev)")
+
+
+def bench_generate():
+    r = Runner(config, 'generate')
+    model = r.raw_model.eval()
+    window = model.config.block_size
+    print(f"generate: {describe(config, r)}; {config['max_new_tokens']} new tokens, one sample")
+    variants = [('recompute (nanoGPT)', dict(use_cache=False)),
+                ('KV cache, exact', dict(use_cache=True)),
+                (f"KV cache, window_chunk={config['window_chunk']}",
+                 dict(use_cache=True, window_chunk=min(config['window_chunk'], window)))]
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=r.device)
+    results = {}
+    for name, kwargs in variants:
+        with r.ctx:
+            model.generate(prompt, min(8, config['max_new_tokens']), **kwargs)  # warm-up
+            times = []
+            for _ in range(config['rounds']):
+                t0 = time.perf_counter()
+                model.generate(prompt, config['max_new_tokens'], temperature=1.0, **kwargs)
+                sync(r.device_type)
+                times.append(time.perf_counter() - t0)
+        results[name] = config['max_new_tokens'] / statistics.median(times)
+    base = results[variants[0][0]]
+    for name, tps in results.items():
+        print(f"{name:>28}: {tps:8.1f} tokens/s  ({tps / base:.1f}x recompute)")
+    past = max(0, config['max_new_tokens'] + 1 - window)
+    if past:
+        print(f"({past} of the tokens are past block_size={window}: exact cropping costs a "
+              f"full-window forward each; window_chunk trades exactness for speed there)")
+
+
+torch.set_grad_enabled(True)
+if mode == 'train':
+    bench_train()
+elif mode == 'generate':
+    bench_generate()
+else:
+    sys.exit(f"error: mode must be 'train' or 'generate', got {mode!r}")
