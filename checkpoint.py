@@ -10,7 +10,7 @@ values, so `torch.load(..., weights_only=True)` reads it and a file that would r
 import os
 import pickle
 import time
-import zipfile
+import warnings
 
 import torch
 
@@ -39,27 +39,61 @@ def save_checkpoint(obj, path):
                 time.sleep(slow)
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # make the rename itself survive a power cut (POSIX)
+            fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temp_files(folder):
+    """Delete '<name>.pt.tmp.<pid>' files whose writer is gone (a kill during save_checkpoint
+    leaves one behind, as big as a checkpoint); return their names."""
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        stem, _, pid = name.rpartition(".tmp.")
+        if not (stem.endswith(".pt") and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+            continue  # still running: maybe another run writing into the same folder
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OSError):
+            continue  # exists (another user's process), or we can't tell: leave it
+        os.remove(os.path.join(folder, name))
+        removed.append(name)
+    return removed
 
 
 def load_checkpoint(path, device="cpu"):
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        detail = next((l.strip() for l in first if "GLOBAL" in l or "Unsupported" in l),
-                      first[0] if first else "")
-        raise CheckpointError(f"{path}: refusing to load: it holds Python objects that would run "
-                              f"code when unpickled ({detail[:160]}). Only load checkpoints from "
-                              f"sources you trust, saved by train.py") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        code = next((line for line in lines if "GLOBAL" in line), None)
+        if code is not None:  # a class or function reference: the way a pickle runs code
+            detail = code.split(" was not an allowed global")[0].split("Unsupported global: ")[-1]
+            raise CheckpointError(f"{path}: refusing to load: it holds Python objects that would run "
+                                  f"code when unpickled ({detail[:120]}). Only load checkpoints from "
+                                  f"sources you trust, saved by train.py") from None
+        detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
+        raise CheckpointError(f"{path} is not a checkpoint torch.load can read safely, or is corrupt "
+                              f"({detail[:120]}); use another checkpoint (ckpt.pt or last.pt) or "
+                              f"retrain") from None
+    except Exception as e:  # RuntimeError, EOFError, IndexError...: whatever a damaged file raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first.split(". ")[0][:160]  # torch appends advice that doesn't apply here
         raise CheckpointError(f"{path} is truncated or corrupt ({reason}); use another "
-                              f"checkpoint (e.g. --checkpoint_name=last.pt) or retrain") from None
+                              f"checkpoint (ckpt.pt or last.pt) or retrain") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is not a train.py/nanoGPT checkpoint "
                               f"(it needs 'model' and 'model_args' entries)")
@@ -78,15 +112,20 @@ def clean_state_dict(state):
     return out
 
 
-def model_from_checkpoint(ckpt, dropout=None):
+def model_from_checkpoint(ckpt, dropout=None, path="the checkpoint"):
     """Build the GPT a checkpoint describes and load its weights (strict)."""
-    args = dict(ckpt["model_args"])
-    if dropout is not None:
-        args["dropout"] = dropout
     try:
+        args = dict(ckpt["model_args"])
+        if dropout is not None:
+            args["dropout"] = dropout
         config = GPTConfig(**args)
-    except TypeError as e:
-        raise CheckpointError(f"checkpoint model_args not understood by this model.py: {e}")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: model_args not understood by this model.py ({e})") from None
     model = GPT(config)
-    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    try:
+        model.load_state_dict(clean_state_dict(ckpt["model"]))
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2])[:200]
+        raise CheckpointError(f"{path}: the weights don't match its model_args ({detail})") from None
     return model

@@ -45,8 +45,8 @@ def config_keys(namespace):
 def coerce(key, value, default):
     """Check `value` against the type of `default`; return it converted, or raise ValueError."""
     kind = type(default)
-    if default is None or value is None and kind not in (bool, str):
-        return value
+    if default is None:
+        return value  # no default type to check against
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -61,7 +61,8 @@ def coerce(key, value, default):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif kind is str:
-        return value if isinstance(value, str) else str(value)
+        if isinstance(value, str):
+            return value
     raise ValueError(f"expected {kind.__name__}, got {value!r}")
 
 
@@ -116,9 +117,10 @@ def print_help(script, keys, namespace):
     sys.exit(0)
 
 
-def configure(namespace, argv=None, script=None):
+def configure(namespace, argv=None, script=None, ignore=()):
     """Apply config files and --key=value overrides from argv to `namespace` (a script's
-    globals()); return the final settings as a dict."""
+    globals()); return the final settings as a dict. Keys in `ignore` may appear in config
+    files (e.g. train.py's keys, read by bench.py) and are skipped."""
     argv = sys.argv[1:] if argv is None else argv
     script = script or namespace.get("__file__")
     keys = config_keys(namespace)
@@ -143,8 +145,9 @@ def configure(namespace, argv=None, script=None):
                 fail(f"{path}: {type(e).__name__}: {e}")
             changed = {k: v for k, v in scope.items()
                        if not k.startswith("_") and k != "__builtins__"
-                       and not isinstance(v, (types.ModuleType, types.FunctionType, type))
+                       and not isinstance(v, types.ModuleType) and not callable(v)  # imports, helpers
                        and (k not in namespace or v is not namespace[k])}
+            changed = {k: v for k, v in changed.items() if k not in ignore}
             unknown = [k for k in changed if k not in keys]
             if unknown:
                 fail(unknown_keys_message(unknown, keys, path))

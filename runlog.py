@@ -110,7 +110,9 @@ class RunLog:
         self.rows = []  # every row of this run, resumed ones included, so loss.png shows it all
 
         if resume_iter is not None and os.path.exists(self.csv_path):
-            self.rows = [row for row in read_log(self.csv_path) if row["iter"] < resume_iter]
+            # the resumed run redoes the eval at resume_iter but not the step that led to it
+            self.rows = [row for row in read_log(self.csv_path) if row["iter"] < resume_iter
+                         or (row["iter"] == resume_iter and row["kind"] == "train")]
             self._rewrite_csv(self.rows)
             self.csv_file = open(self.csv_path, "a", newline="")
         else:
@@ -127,10 +129,10 @@ class RunLog:
             except ImportError:
                 raise SystemExit("tensorboard=True but tensorboard is not installed; run: pip install tensorboard")
             # purge_step hides events at or after it that an earlier run left in the same folder:
-            # on a resume those are the steps about to be redone, on a fresh run (0) all of them.
+            # on a resume those after resume_iter (its eval is redone, at the same value), on a fresh run (0) all of them.
             # It mirrors what happens to log.csv.
             self.tb_writer = SummaryWriter(log_dir=os.path.join(out_dir, "tensorboard"),
-                                           purge_step=resume_iter if resume_iter is not None else 0)
+                                           purge_step=resume_iter + 1 if resume_iter is not None else 0)
 
         self.wandb = None
         if wandb:

@@ -15,6 +15,7 @@ Resume where a run stopped (exactly: same batches, same random numbers):
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -75,11 +76,11 @@ from configurator import configure  # noqa: E402  (after the defaults it overrid
 
 config = configure(globals())
 
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_name, \
-    save_checkpoint  # noqa: E402
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, \
+    remove_stale_temp_files, resolve_name, save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from runtime import autocast_context, measure_peak_flops, note, pick_device, pick_dtype  # noqa: E402
-from textdata import load_meta  # noqa: E402
+from textdata import load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -90,6 +91,12 @@ def fail(message, code=1):
 
 
 # ----------------------------------------------------------------------------- setup
+for name in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps',
+             'batch_size', 'block_size'):
+    if globals()[name] < 1:
+        fail(f"{name}={globals()[name]} must be at least 1")
+if checkpoint_interval < 0 or max_iters < 0:
+    fail(f"checkpoint_interval={checkpoint_interval} and max_iters={max_iters} can't be negative")
 ddp = int(os.environ.get('RANK', -1)) != -1
 try:
     device = pick_device(device)
@@ -123,6 +130,8 @@ if master_process:
     print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); "
           f"tokens per iteration: {tokens_per_iter:,}")
     os.makedirs(out_dir, exist_ok=True)
+    for name in remove_stale_temp_files(out_dir):
+        note(f"removed {os.path.join(out_dir, name)}, left by a run killed while saving a checkpoint")
 torch.manual_seed(seed + seed_offset)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: fast, accurate enough
@@ -144,20 +153,12 @@ try:
 except ValueError as e:
     fail(e)
 token_dtype = np.dtype(meta['dtype'] if meta else 'uint16')
-for split in ('train', 'val'):
-    n_tokens = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // token_dtype.itemsize
-    if n_tokens <= block_size:
-        fail(f"{split}.bin of {dataset!r} has {n_tokens} tokens, not more than block_size="
-             f"{block_size}; use a smaller --block_size or more text")
 
 
 def get_batch(split, generator):
     """batch_size random windows of block_size + 1 tokens: inputs and next-token targets."""
-    # a fresh memmap per batch: pages it touched are released, so memory stays flat on huge files
-    data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=token_dtype, mode='r')
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
-    rows = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
-    x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, T) each
+    x, y = sample_batch(os.path.join(data_dir, f'{split}.bin'), token_dtype, batch_size,
+                        block_size, generator)  # (B, T) each
     if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
@@ -184,7 +185,7 @@ elif init_from == 'resume':
     ckpt_path = os.path.join(out_dir, resolve_name(resume_checkpoint_name))
     try:
         checkpoint = load_checkpoint(ckpt_path, device)
-        model = model_from_checkpoint(checkpoint, dropout=dropout)
+        model = model_from_checkpoint(checkpoint, dropout=dropout, path=ckpt_path)
     except CheckpointError as e:
         fail(e)
     iter_num = checkpoint['iter_num']
@@ -209,8 +210,17 @@ if vocab_size is not None and vocab_size > model.config.vocab_size:
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)  # e.g. GPT-2's 1024 positions cut down to 256
 elif block_size > model.config.block_size:
-    fail(f"block_size={block_size} is larger than the model's {model.config.block_size} learned "
-         f"positions; use --block_size={model.config.block_size} or less")
+    # learned positions can't grow: train at the model's context length instead
+    if master_process:
+        note(f"block_size={block_size} is more than the model's {model.config.block_size} learned "
+             f"positions: training with block_size={model.config.block_size}")
+    block_size = model.config.block_size
+    tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+for split in ('train', 'val'):
+    n_tokens = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // token_dtype.itemsize
+    if n_tokens <= block_size:
+        fail(f"{split}.bin of {dataset!r} has {n_tokens} tokens, not more than block_size="
+             f"{block_size}; use a smaller --block_size or more text")
 model_args = model.config.to_model_args()
 model.to(device)
 
@@ -324,10 +334,37 @@ def gather_rng_states():
 
 
 def resume_command():
+    """This run's command line, quoted for a shell, with init_from=resume from last.pt."""
     args = [a for a in sys.argv[1:]
             if not a.startswith(('--init_from=', '--resume_checkpoint_name='))]
-    launcher = 'torchrun --nproc_per_node=N train.py' if ddp else 'python train.py'
-    return ' '.join([launcher, *args, '--init_from=resume', '--resume_checkpoint_name=last.pt'])
+    launcher = ['torchrun', f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', ddp_world_size)}"] \
+        if ddp else ['python']
+    return shlex.join([*launcher, sys.argv[0], *args, '--init_from=resume',
+                       '--resume_checkpoint_name=last.pt'])
+
+
+def diverged():
+    """True when a loss summed since the last printed one, or any weight, is NaN/inf on any rank.
+    Checked before every checkpoint write (one pass over the weights, only then), so a diverged
+    run never replaces a good checkpoint, even when log_interval hides the bad loss for a while.
+    All ranks must call it."""
+    bad = not bool(torch.isfinite(loss_sum)) or \
+        not all(bool(torch.isfinite(p).all()) for p in raw_model.parameters())
+    flag = torch.tensor([float(bad)], device=device)
+    if ddp:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() > 0
+
+
+def report_divergence(detail=''):
+    if not master_process:
+        return
+    where = f"at iteration {iter_num}" if iter_num - last_finite_iter <= 1 else \
+        f"between iterations {last_finite_iter + 1} and {iter_num}"
+    print(f"error: the loss is not finite {where}{detail}; training stopped and no checkpoint "
+          f"was written over the last good ones in {out_dir}. Try a lower learning_rate (now "
+          f"{learning_rate}), grad_clip=1.0, or dtype=bfloat16/float32 instead of float16",
+          file=sys.stderr)
 
 
 # Ctrl+C (SIGINT) or a scheduler's SIGTERM: finish the step, write last.pt, exit 130.
@@ -370,6 +407,7 @@ if iter_num >= max_iters and not eval_only:
     eval_only = True  # e.g. --init_from=resume --max_iters=0: just report the losses
 checkpoint_every = checkpoint_interval or eval_interval
 start_iter = iter_num
+last_finite_iter = iter_num  # the last iteration whose loss (or eval) was seen to be finite
 loss_sum = torch.zeros((), device=device)  # summed on the device; read only at log_interval
 t0 = time.time()
 iters_since_log = 0
@@ -383,25 +421,30 @@ while True:
     if iter_num % eval_interval == 0 or iter_num == last_iter or eval_only:
         losses = estimate_loss()
         if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
-            if master_process:
-                print(f"error: the evaluated loss is not finite at iteration {iter_num} "
-                      f"(train {losses['train']}, val {losses['val']}); nothing was saved. "
-                      f"Lower learning_rate (now {learning_rate}) or use dtype=bfloat16/float32",
-                      file=sys.stderr)
+            report_divergence(f" (evaluated train loss {losses['train']}, val loss {losses['val']})")
             exit_code = 3
             break
+        last_finite_iter = iter_num
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             runlog.eval(iter_num, losses['train'], losses['val'], lr)
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])  # only ever goes down, even on resume
         if not eval_only and iter_num > start_iter and (improved or always_save_checkpoint):
+            if diverged():
+                report_divergence()
+                exit_code = 3
+                break
             states = gather_rng_states()
             if master_process:
                 save('ckpt.pt', states)
     if eval_only:
         break
     if iter_num > start_iter and (iter_num % checkpoint_every == 0 or iter_num >= last_iter):
+        if diverged():
+            report_divergence()
+            exit_code = 3
+            break
         states = gather_rng_states()
         if master_process:
             save('last.pt', states)
@@ -434,12 +477,14 @@ while True:
         lossf = loss_sum.item() / iters_since_log  # the only host sync of a step
         loss_sum.zero_()
         nonfinite = not math.isfinite(lossf)
+        if not nonfinite:
+            last_finite_iter = iter_num
         dt = (time.time() - t0) / iters_since_log
         t0 = time.time()
         if master_process and not nonfinite:
             if iter_num - start_iter >= 5:  # let the first iterations (warm-up, compile) pass
-                mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps * ddp_world_size,
-                                             dt, peak_flops)
+                # per process: peak_flops is one device's, and each rank does its share
+                mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops)
                 running_mfu = mfu if running_mfu < 0 else 0.9 * running_mfu + 0.1 * mfu
             tokens_per_s = tokens_per_iter / dt
             mfu_text = f", mfu {running_mfu * 100:.1f}%" if running_mfu >= 0 else ""
@@ -452,12 +497,8 @@ while True:
     if ddp:  # all ranks must stop at the same step, or the others wait forever in all_reduce
         flags = flags.to(device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    if flags[1] > 0:
-        if master_process:
-            print(f"error: loss is not finite at iteration {iter_num}; training stopped and no "
-                  f"checkpoint was written over the last good ones in {out_dir}. Try a lower "
-                  f"learning_rate (now {learning_rate}), grad_clip=1.0, or dtype=bfloat16/float32 "
-                  f"instead of float16", file=sys.stderr)
+    if flags[1] > 0 or (flags[0] > 0 and diverged()):
+        report_divergence()
         exit_code = 3
         break
     if flags[0] > 0:

@@ -1,0 +1,116 @@
+"""
+Shared pieces of the test suite: the `slow` marker, a tiny character dataset built in a temp
+folder, and helpers that run the repo's scripts as a user would (a subprocess, from a temp
+working directory, so nothing is ever written into the repo).
+
+    python -m pytest tests -q              # everything, slow tests included (CI runs them too)
+    python -m pytest tests -q -m "not slow"  # skip the torchrun and multi-run tests while editing
+"""
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# A model small enough that a run of a few dozen steps takes a few seconds on one CPU core.
+# float32 (not 'auto', which picks bf16 on CPUs with AMX) so results don't depend on the machine;
+# a fixed peak_flops skips the half-second matmul benchmark at start.
+TINY = ["--device=cpu", "--compile=False", "--dtype=float32", "--peak_flops=1e12",
+        "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
+        "--eval_iters=2", "--gradient_accumulation_steps=1", "--log_interval=1",
+        "--learning_rate=1e-2", "--warmup_iters=0", "--lr_decay_iters=1000", "--min_lr=1e-3"]
+
+WORDS = ("the knight rode out at dawn and his squire followed on a grey donkey while the windmills "
+         "turned slowly over the plain of la mancha where nobody had ever seen a giant").split()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~20 s or starts torchrun; "
+                                       "still run in CI, deselect with -m 'not slow'")
+
+
+def make_text(n_chars=40_000, seed=0):
+    """A deterministic text with some structure (words, sentences, lines) for a char model."""
+    rng = random.Random(seed)
+    lines, size = [], 0
+    while size < n_chars:
+        sentence = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
+        line = sentence[0].upper() + sentence[1:] + rng.choice([".", ",", "!", "?"])
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def char_dataset(tmp_path_factory):
+    """A prepared character-level dataset folder (train.bin, val.bin, meta.json), built by
+    textdata.prepare_char from a generated text, as data/<name>/prepare.py --input=... would."""
+    import textdata
+
+    root = tmp_path_factory.mktemp("dataset")
+    text = make_text()
+    (root / "input.txt").write_text(text, encoding="utf-8")
+    dataset_dir = root / "tinychar"
+    dataset_dir.mkdir()
+    textdata.prepare_char(str(dataset_dir), None, [f"--input={root / 'input.txt'}"])
+    return dataset_dir
+
+
+@pytest.fixture(scope="session")
+def vocab(char_dataset):
+    return sorted(set(make_text()))
+
+
+def script_env(**extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1",
+               MPLBACKEND="Agg", WANDB_MODE="offline")
+    env.pop("RANK", None)  # never inherit a torchrun environment
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_script(script, *args, cwd, env=None, timeout=180):
+    """Run <repo>/<script> with this Python from `cwd`; returns the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
+                          env=env or script_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start_script(script, *args, cwd, stdout_path, env=None):
+    """Start <repo>/<script> in the background; stdout and stderr go to `stdout_path`."""
+    out = open(stdout_path, "w")
+    try:
+        return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
+                                env=env or script_env(), stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        out.close()  # the child holds its own copy
+
+
+def train_args(dataset_dir, out_dir, *extra):
+    return [f"--dataset={dataset_dir}", f"--out_dir={out_dir}", *TINY, *extra]
+
+
+def run_train(dataset_dir, out_dir, *extra, cwd, env=None, timeout=180):
+    return run_script("train.py", *train_args(dataset_dir, out_dir, *extra), cwd=cwd, env=env,
+                      timeout=timeout)
+
+
+def error_lines(stderr):
+    """The non-empty lines of stderr (what a user sees besides stdout)."""
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def trained_run(char_dataset, tmp_path_factory):
+    """One tiny run of 20 iterations (evals at 0, 10, 20), shared by the tests that only read its
+    out_dir. Tests that change files must copy the folder first (copy_run)."""
+    root = tmp_path_factory.mktemp("trained")
+    out_dir = root / "out"
+    result = run_train(char_dataset, out_dir, "--max_iters=20", "--eval_interval=10", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out_dir, result
