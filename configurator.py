@@ -117,10 +117,11 @@ def print_help(script, keys, namespace):
     sys.exit(0)
 
 
-def configure(namespace, argv=None, script=None, ignore=()):
+def configure(namespace, argv=None, script=None, ignore=(), echo=True):
     """Apply config files and --key=value overrides from argv to `namespace` (a script's
     globals()); return the final settings as a dict. Keys in `ignore` may appear in config
-    files (e.g. train.py's keys, read by bench.py) and are skipped."""
+    files (e.g. train.py's keys, read by bench.py) and are skipped. echo=False keeps quiet
+    about what was overridden (sample.py: its stdout is the generated text)."""
     argv = sys.argv[1:] if argv is None else argv
     script = script or namespace.get("__file__")
     keys = config_keys(namespace)
@@ -137,7 +138,8 @@ def configure(namespace, argv=None, script=None, ignore=()):
             continue  # Hydra-style launch lines: --config-path=config --config-name=NAME
         if not arg.startswith("--") or arg.startswith("--config-name="):
             path = find_config_file(arg.split("=", 1)[1] if arg.startswith("--") else arg)
-            say(f"Overriding config with {path}")
+            if echo:
+                say(f"Overriding config with {path}")
             scope = {k: namespace[k] for k in keys}
             try:
                 exec(compile(open(path, encoding="utf-8").read(), path, "exec"), scope)
@@ -164,5 +166,6 @@ def configure(namespace, argv=None, script=None, ignore=()):
                 namespace[key] = coerce(key, parse_value(raw, namespace[key]), namespace[key])
             except ValueError as e:
                 fail(f"--{key}: {e}")
-            say(f"Overriding: {key} = {namespace[key]!r}")
+            if echo:
+                say(f"Overriding: {key} = {namespace[key]!r}")
     return {k: namespace[k] for k in keys}

@@ -22,8 +22,21 @@ A line ending in \\ continues the prompt on the next line. Ctrl+C stops a genera
 
 SETTING_TYPES = {'temperature': float, 'top_k': int, 'top_p': float, 'max_new_tokens': int,
                  'seed': int, 'num_samples': int}
+# what each setting accepts (sample.py checks its command line with the same rules)
+SETTING_RULES = {'temperature': (lambda v: v >= 0, '>= 0 (0 = greedy)'),
+                 'top_k': (lambda v: v >= 0, '>= 0 (0 = all tokens)'),
+                 'top_p': (lambda v: 0 < v <= 1, 'in (0, 1] (1 = off)'),
+                 'max_new_tokens': (lambda v: v >= 0, '>= 0'),
+                 'num_samples': (lambda v: v >= 1, '>= 1'),
+                 'seed': (lambda v: True, 'an int')}
 ALIASES = {'temp': 'temperature', 'k': 'top_k', 'p': 'top_p', 'max': 'max_new_tokens',
            'n': 'num_samples', 'exit': 'quit', 'q': 'quit', 'h': 'help', '?': 'help'}
+
+
+def setting_error(name, value):
+    """A one-line message when `value` is out of range for setting `name`, else None."""
+    ok, rule = SETTING_RULES[name]
+    return None if ok(value) else f"{name} must be {rule}, got {value}"
 
 
 def read_prompt():
@@ -53,11 +66,15 @@ def apply_command(line, settings):
         print('  ' + '  '.join(f"{k}={v}" for k, v in settings.items()))
     elif name in SETTING_TYPES:
         try:
-            settings[name] = SETTING_TYPES[name](value.strip())
+            new_value = SETTING_TYPES[name](value.strip())
         except ValueError:
             print(f"/{name} needs a {SETTING_TYPES[name].__name__}, e.g. /{name} "
                   f"{settings[name]}")
             return True
+        if setting_error(name, new_value):
+            print(f"{setting_error(name, new_value)}; {name} stays {settings[name]}")
+            return True
+        settings[name] = new_value
         if name == 'seed':
             torch.manual_seed(settings['seed'])
         print(f"{name} = {settings[name]}")

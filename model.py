@@ -384,13 +384,13 @@ def _left_pad(rows, device):
 def filter_logits(logits, top_k=None, top_p=None):
     """Set to -inf every logit outside the top_k, and outside the smallest set of tokens whose
     probabilities add up to at least top_p (the most likely token always stays)."""
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     logits = logits.clone()
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[..., [-1]]  # (B, 1)
         logits[logits < kth] = float("-inf")
     if top_p is not None and top_p < 1.0:
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
         mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of strictly better tokens

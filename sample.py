@@ -11,6 +11,7 @@ Sample from a trained model (a checkpoint in out_dir) or from GPT-2 weights.
 """
 
 import os
+import re
 import sys
 
 import torch
@@ -22,12 +23,12 @@ out_dir = 'out'  # where train.py wrote its checkpoints
 checkpoint_name = 'ckpt.pt'  # ckpt.pt (best val loss) or last.pt (latest)
 start = "\n"  # the prompt: text, FILE:path, '<|endoftext|>'; several prompts split by '|'
 prompt_separator = '|'  # splits start into prompts generated as one batch ('' = never split)
-num_samples = 10  # samples per prompt
+num_samples = 10  # samples per prompt (interactive mode: 1, streamed, unless --num_samples is given)
 max_new_tokens = 500  # tokens generated per sample
 temperature = 0.8  # 1.0 = as trained, < 1 more conservative, 0 = greedy (always the top token)
 top_k = 200  # keep only the k most likely tokens (0 = all)
 top_p = 1.0  # keep the smallest set of tokens with this much probability (1.0 = all)
-stop = ''  # stop a sample where this text appears (it is not printed)
+stop = ''  # stop a sample where this text appears (it is not printed); \n, \t typed here work
 stop_at_eot = False  # stop a sample at GPT-2's <|endoftext|> token
 stream = True  # print text as it is generated (when there is a single sample)
 seed = 1337
@@ -41,12 +42,13 @@ interactive = False  # a prompt loop that keeps the model loaded
 # -----------------------------------------------------------------------------
 from configurator import configure  # noqa: E402
 
-configure(globals())
+configure(globals(), echo=False)  # stdout is only the generated text
 
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_name  # noqa: E402
 from model import GPT  # noqa: E402
 from runtime import autocast_context, pick_device, pick_dtype  # noqa: E402
 from textdata import StreamDecoder, Tokenizer, load_meta  # noqa: E402
+from interactive import setting_error  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -54,6 +56,19 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def unescape(text):
+    """A shell passes --stop="\\n" as backslash + n: read \\n, \\t and \\\\ as the characters."""
+    return re.sub(r'\\([nt\\])', lambda m: {'n': '\n', 't': '\t', '\\': '\\'}[m.group(1)], text)
+
+
+stop = unescape(stop)
+settings = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                top_k=top_k, top_p=top_p, seed=seed)
+for _name, _value in settings.items():  # before loading anything: a typo costs no wait
+    if setting_error(_name, _value):
+        fail(setting_error(_name, _value))
 
 
 # ----------------------------------------------------------------------------- model + vocab
@@ -98,7 +113,7 @@ else:
 model.eval()
 model.to(device)
 if compile:
-    model = torch.compile(model)
+    model.compile(dynamic=True)  # in place: generate_stream's self(...) calls go through it
 try:
     tokenizer = Tokenizer.from_meta(meta)
 except (ValueError, RuntimeError, OSError) as e:
@@ -120,10 +135,26 @@ def read_prompt(text):
     fail(f"prompt file {path!r} not found (looked here and in {os.path.join(REPO, 'prompt')})")
 
 
+EOT_TEXT = '<|endoftext|>'
+
+
+def split_prompts(text):
+    """Prompts separated by prompt_separator; '<|endoftext|>' is never cut, even by '|'."""
+    if not prompt_separator:
+        return [text]
+    parts = text.replace(EOT_TEXT, '\0').split(prompt_separator)
+    return [p.replace('\0', EOT_TEXT) for p in parts]
+
+
 def encode(text):
-    if text == '<|endoftext|>' and tokenizer.eot_token is not None:
-        return [tokenizer.eot_token]
-    ids = tokenizer.encode(text)
+    """Token ids of a prompt; '<|endoftext|>' in it is GPT-2's end-of-text token, as in nanoGPT."""
+    if tokenizer.eot_token is not None and EOT_TEXT in text:
+        pieces = text.split(EOT_TEXT)
+        ids = tokenizer.encode(pieces[0])
+        for piece in pieces[1:]:
+            ids += [tokenizer.eot_token] + tokenizer.encode(piece)
+    else:
+        ids = tokenizer.encode(text)
     if not ids:
         fail("the prompt is empty after encoding; give at least one character (e.g. --start='\\n')")
     return ids
@@ -194,13 +225,8 @@ def generate(prompts, settings, show_stream):
     return samples
 
 
-settings = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                top_k=top_k, top_p=top_p, seed=seed)
-
-
 def run_once():
-    prompts = [read_prompt(p) for p in
-               (start.split(prompt_separator) if prompt_separator else [start])]
+    prompts = [read_prompt(p) for p in split_prompts(start)]
     for p in prompts:
         encode(p)  # check every prompt before generating any
     single = len(prompts) * num_samples == 1
@@ -213,6 +239,8 @@ def run_once():
 
 if interactive:
     from interactive import prompt_loop
+    if not any(a.startswith('--num_samples=') for a in sys.argv[1:]):
+        settings['num_samples'] = 1  # watch one completion stream; /num_samples N for more
     prompt_loop(generate, settings, encode)
 else:
     try:

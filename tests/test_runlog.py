@@ -77,6 +77,9 @@ def test_fresh_run_replaces_old_log(tmp_path):
 
 
 def test_resume_drops_rows_from_resume_iter_on(tmp_path):
+    """train.py logs the step that reaches iteration N, then checkpoints at N; a run resumed from
+    there evaluates N again and goes on with N+1. So the train row of N stays, the eval of N and
+    everything later goes."""
     first = RunLog(str(tmp_path), CONFIG, plot=False)
     for iter_num in (0, 10, 20, 30):
         if iter_num % 20 == 0:
@@ -84,21 +87,22 @@ def test_resume_drops_rows_from_resume_iter_on(tmp_path):
         first.train(iter_num, 6.0 - iter_num / 100, 1e-3, 50.0, 1000.0, None)
     first.close()
 
-    # the checkpoint was taken at iter 20: rows at 20 and 30 get redone by the resumed run
     resumed = RunLog(str(tmp_path), CONFIG, resume_iter=20, plot=False)
     _, rows = read_rows(tmp_path / "log.csv")
-    assert [(r["iter"], r["kind"]) for r in rows] == [("0", "eval"), ("0", "train"), ("10", "train")]
+    assert [(r["iter"], r["kind"]) for r in rows] == [
+        ("0", "eval"), ("0", "train"), ("10", "train"), ("20", "train")]
     assert not (tmp_path / "log.csv.tmp").exists()
 
     resumed.eval(20, 1.5, 1.75, 5e-4)
-    resumed.train(20, 1.25, 5e-4, 50.0, 1000.0, None)
+    resumed.train(30, 1.25, 5e-4, 50.0, 1000.0, None)
     resumed.close()
     header, rows = read_rows(tmp_path / "log.csv")
     assert header == list(COLUMNS)
     assert [(r["iter"], r["kind"]) for r in rows] == [
-        ("0", "eval"), ("0", "train"), ("10", "train"), ("20", "eval"), ("20", "train")]
-    assert float(rows[1]["loss"]) == 6.0 and float(rows[2]["loss"]) == 5.9  # kept as they were
-    assert float(rows[3]["val_loss"]) == 1.75 and float(rows[4]["loss"]) == 1.25  # the new ones
+        ("0", "eval"), ("0", "train"), ("10", "train"), ("20", "train"), ("20", "eval"),
+        ("30", "train")]
+    assert float(rows[1]["loss"]) == 6.0 and float(rows[3]["loss"]) == 5.8  # kept as they were
+    assert float(rows[4]["val_loss"]) == 1.75 and float(rows[5]["loss"]) == 1.25  # the new ones
 
 
 def test_resume_without_a_log_starts_one(tmp_path):
@@ -133,8 +137,8 @@ def test_tensorboard_events(tmp_path):
     except ImportError:
         return  # the files exist; nothing to read them back with
 
-    # a resumed run redoes iter 20; TensorBoard must show it once, with the new value
-    resumed = RunLog(str(tmp_path), CONFIG, resume_iter=20, tensorboard=True, plot=False)
+    # resumed from a checkpoint at iter 10: steps after 10 are redone and must show once, new
+    resumed = RunLog(str(tmp_path), CONFIG, resume_iter=10, tensorboard=True, plot=False)
     resumed.train(20, 1.0, 1e-3, 100.0, 2000.0, None)
     resumed.close()
 
@@ -147,7 +151,7 @@ def test_tensorboard_events(tmp_path):
     train_loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert train_loss == [(0, pytest.approx(4.0)), (10, pytest.approx(3.0)), (20, pytest.approx(1.0))]
     assert [(e.step, e.value) for e in events.Scalars("perf/mfu")] == [(0, 0.25), (10, 0.25)]
-    assert [(e.step, e.value) for e in events.Scalars("eval/val_loss")] == []  # purged with iter 20
+    assert [(e.step, e.value) for e in events.Scalars("eval/val_loss")] == []  # purged: after 10
 
 
 def test_missing_tensorboard_names_the_fix(tmp_path, monkeypatch):
