@@ -4,7 +4,7 @@ a profiler view, and generation speed with and without the KV cache.
 
     python bench.py                                          # train_don_char.py's shape, random data
     python bench.py config/train_shakespeare_char.py config/cpu_small.py --dataset=shakespeare_char
-    python bench.py --compare="--dtype=float32 --compile=False"    # ours vs nanoGPT's CPU path
+    python bench.py --compare="--dtype=float32 --fast_dropout=False"  # ours vs nanoGPT's CPU path
     python bench.py --profile=True                           # where the time of a step goes
     python bench.py --mode=generate                          # tokens/s: KV cache vs recompute
     python bench.py --quick=True                             # a tiny smoke run
@@ -40,6 +40,7 @@ grad_clip = 1.0
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, mps
 dtype = 'auto'  # auto, float32, bfloat16, float16
 compile = False  # torch.compile the model
+fast_dropout = True  # model.Dropout's faster CPU mask; False = torch's (nanoGPT's path)
 seed = 1337
 warmup_iters = 2  # untimed steps first (kernel selection, compilation, allocator)
 num_iters = 5  # timed steps per round
@@ -62,7 +63,7 @@ config = configure(globals(), ignore=TRAIN_ONLY)
 
 import os  # noqa: E402
 
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, Dropout, GPTConfig  # noqa: E402
 from runtime import autocast_context, measure_peak_flops, pick_device, pick_dtype, sync  # noqa: E402
 from textdata import load_meta, sample_batch  # noqa: E402
 
@@ -94,7 +95,8 @@ class Runner:
         self.s, self.label = s, label
         self.device = pick_device(s['device'])
         self.device_type = 'cuda' if 'cuda' in self.device else self.device
-        self.dtype = pick_dtype(s['dtype'], self.device_type, quiet=True)
+        self.dtype = pick_dtype(s['dtype'], self.device_type, quiet=True,
+                                training=s['mode'] == 'train')
         self.ctx = autocast_context(self.device_type, self.dtype)
         torch.manual_seed(s['seed'])
         self.generator = torch.Generator().manual_seed(s['seed'])
@@ -110,6 +112,9 @@ class Runner:
                         block_size=s['block_size'], vocab_size=vocab, dropout=s['dropout'],
                         bias=s['bias'])
         self.raw_model = GPT(cfg).to(self.device)
+        for module in self.raw_model.modules():
+            if isinstance(module, Dropout):
+                module.fast = s['fast_dropout']
         self.model = torch.compile(self.raw_model) if s['compile'] else self.raw_model
         self.optimizer = self.raw_model.configure_optimizers(
             s['weight_decay'], s['learning_rate'], (s['beta1'], s['beta2']), self.device_type)

@@ -141,6 +141,7 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
             if echo:
                 say(f"Overriding config with {path}")
             scope = {k: namespace[k] for k in keys}
+            scope.update({k: '' for k in ignore if k not in scope})  # readable, unused
             try:
                 exec(compile(open(path, encoding="utf-8").read(), path, "exec"), scope)
             except Exception as e:  # a config file is user code: report where it broke

@@ -33,7 +33,7 @@ stop_at_eot = False  # stop a sample at GPT-2's <|endoftext|> token
 stream = True  # print text as it is generated (when there is a single sample)
 seed = 1337
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
-dtype = 'auto'  # auto, float32, bfloat16, float16
+dtype = 'auto'  # auto (CPU: float32, fastest for decoding; GPU: bf16/fp16), float32, bfloat16, float16
 compile = False  # torch.compile the model (pays off only for long generations)
 use_cache = True  # KV cache; False recomputes the whole context per token (nanoGPT's way)
 context_window = 0  # tokens of context each prediction sees (0 = block_size)
@@ -75,7 +75,7 @@ for _name, _value in settings.items():  # before loading anything: a typo costs 
 try:
     device = pick_device(device)
     device_type = 'cuda' if 'cuda' in device else device
-    dtype = pick_dtype(dtype, device_type, quiet=True)
+    dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
 except ValueError as e:
     fail(e)
 torch.manual_seed(seed)

@@ -235,8 +235,16 @@ def _count_tokens(dataset_dir, name, dtype):
     return os.path.getsize(path) // np.dtype(dtype).itemsize if os.path.exists(path) else None
 
 
-def sample_batch(bin_path, dtype, batch_size, block_size, generator=None):
-    """batch_size random windows of a .bin file: inputs x and next-token targets y, (B, T) int64.
+def eval_offsets(bin_path, dtype, n_windows, block_size):
+    """n_windows window starts spread evenly over a .bin file: an evaluation that covers the
+    whole split, the same every time, with less variance than as many random windows."""
+    n_tokens = os.path.getsize(bin_path) // np.dtype(dtype).itemsize
+    return np.linspace(0, n_tokens - block_size - 1, n_windows).astype(np.int64).tolist()
+
+
+def sample_batch(bin_path, dtype, batch_size, block_size, generator=None, offsets=None):
+    """batch_size random windows of a .bin file (or the windows starting at `offsets`):
+    inputs x and next-token targets y, (B, T) int64.
 
     The memmap is opened per batch on purpose: closing it releases the pages it touched, so
     resident memory stays flat even when train.bin is far larger than RAM.
@@ -244,7 +252,8 @@ def sample_batch(bin_path, dtype, batch_size, block_size, generator=None):
     import torch  # only the training side needs torch; prepare scripts don't
 
     data = np.memmap(bin_path, dtype=np.dtype(dtype), mode="r")
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    ix = offsets if offsets is not None else \
+        torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
     rows = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
     return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, T) each
 

@@ -80,7 +80,7 @@ from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, 
     remove_stale_temp_files, resolve_name, save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from runtime import autocast_context, measure_peak_flops, note, pick_device, pick_dtype  # noqa: E402
-from textdata import load_meta, sample_batch  # noqa: E402
+from textdata import eval_offsets, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -155,10 +155,11 @@ except ValueError as e:
 token_dtype = np.dtype(meta['dtype'] if meta else 'uint16')
 
 
-def get_batch(split, generator):
-    """batch_size random windows of block_size + 1 tokens: inputs and next-token targets."""
+def get_batch(split, generator=None, offsets=None):
+    """batch_size windows of block_size + 1 tokens (random, or starting at `offsets`): inputs
+    and next-token targets."""
     x, y = sample_batch(os.path.join(data_dir, f'{split}.bin'), token_dtype, batch_size,
-                        block_size, generator)  # (B, T) each
+                        block_size, generator, offsets)  # (B, T) each
     if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
@@ -258,19 +259,23 @@ def get_lr(it):
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over eval_iters batches per split. The same batches every time (a fixed seed),
-    so successive evals compare like with like and the training random stream is untouched."""
+    """Mean loss per split over eval_iters batches whose windows are spread evenly over the
+    whole split (each rank takes every world_size-th window): the same windows at every eval,
+    so successive evals compare like with like, with less noise than random windows, and the
+    training random stream is untouched."""
     out = {}
     model.eval()
-    for k, split in enumerate(('train', 'val')):
-        generator = torch.Generator().manual_seed(seed + 1000 * (k + 1) + seed_offset)
+    for split in ('train', 'val'):
+        path = os.path.join(data_dir, f'{split}.bin')
+        n_windows = eval_iters * batch_size * ddp_world_size
+        offsets = eval_offsets(path, token_dtype, n_windows, block_size)[ddp_rank::ddp_world_size]
         losses = torch.zeros(eval_iters)
         steps = range(eval_iters)
         if master_process and eval_iters >= 50:
             from tqdm import tqdm
             steps = tqdm(steps, desc=f"eval {split}", leave=False, delay=2.0)  # only if slow
         for i in steps:
-            X, Y = get_batch(split, generator)
+            X, Y = get_batch(split, offsets=offsets[i * batch_size:(i + 1) * batch_size])
             with ctx:
                 _, loss = model(X, Y)
             losses[i] = loss.item()

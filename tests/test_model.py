@@ -190,6 +190,30 @@ def test_dropout_is_active_in_train_mode_only():
     assert not torch.allclose(model(idx)[0], model(idx)[0])
 
 
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_cpu_dropout_matches_dropouts_definition(p, dtype):
+    """model.Dropout's CPU mask: each element kept with probability 1 - p (within sampling
+    error of 1M draws), kept values scaled by 1/(1-p), the gradient uses the same mask, eval
+    mode is the identity, and the torch random stream drives it (same seed, same mask)."""
+    from model import Dropout
+    drop = Dropout(p)
+    x = torch.ones(1000, 1000, dtype=dtype, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    frac = kept.float().mean().item()
+    assert abs(frac - (1 - p)) < 5 * (p * (1 - p) / 1e6) ** 0.5  # 5 standard errors
+    torch.testing.assert_close(y[kept].float(), torch.full_like(y[kept].float(), 1 / (1 - p)),
+                               rtol=1e-2 if dtype == torch.bfloat16 else 2e-5, atol=0)  # p to 1/65536
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # d(sum y)/dx = the scaled mask itself
+    torch.manual_seed(0)
+    assert torch.equal(drop(x.detach()), y.detach())
+    drop.eval()
+    assert torch.equal(drop(x.detach()), x.detach())
+
+
 # ----------------------------------------------------------------------------- parameters
 
 def test_weight_tying():
