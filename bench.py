@@ -4,7 +4,7 @@ a profiler view, and generation speed with and without the KV cache.
 
     python bench.py                                          # train_don_char.py's shape, random data
     python bench.py config/train_shakespeare_char.py config/cpu_small.py --dataset=shakespeare_char
-    python bench.py --compare="--dtype=float32 --fast_dropout=False"  # ours vs nanoGPT's CPU path
+    python bench.py --compare="--dtype=float32 --fast_cpu=False"  # ours vs nanoGPT's CPU path
     python bench.py --profile=True                           # where the time of a step goes
     python bench.py --mode=generate                          # tokens/s: KV cache vs recompute
     python bench.py --quick=True                             # a tiny smoke run
@@ -40,7 +40,7 @@ grad_clip = 1.0
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, mps
 dtype = 'auto'  # auto, float32, bfloat16, float16
 compile = False  # torch.compile the model
-fast_dropout = True  # model.Dropout's faster CPU mask; False = torch's (nanoGPT's path)
+fast_cpu = True  # train.py's CPU speed-ups; False = nanoGPT's CPU path (memory reuse: A's)
 seed = 1337
 warmup_iters = 2  # untimed steps first (kernel selection, compilation, allocator)
 num_iters = 5  # timed steps per round
@@ -63,8 +63,9 @@ config = configure(globals(), ignore=TRAIN_ONLY)
 
 import os  # noqa: E402
 
-from model import GPT, Dropout, GPTConfig  # noqa: E402
-from runtime import autocast_context, measure_peak_flops, pick_device, pick_dtype, sync  # noqa: E402
+from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
+from runtime import autocast_context, measure_peak_flops, pick_device, pick_dtype, \
+    reuse_freed_memory, sync  # noqa: E402
 from textdata import load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -112,12 +113,11 @@ class Runner:
                         block_size=s['block_size'], vocab_size=vocab, dropout=s['dropout'],
                         bias=s['bias'])
         self.raw_model = GPT(cfg).to(self.device)
-        for module in self.raw_model.modules():
-            if isinstance(module, Dropout):
-                module.fast = s['fast_dropout']
+        set_fast_cpu(self.raw_model, s['fast_cpu'])
         self.model = torch.compile(self.raw_model) if s['compile'] else self.raw_model
         self.optimizer = self.raw_model.configure_optimizers(
-            s['weight_decay'], s['learning_rate'], (s['beta1'], s['beta2']), self.device_type)
+            s['weight_decay'], s['learning_rate'], (s['beta1'], s['beta2']), self.device_type,
+            fused=s['fast_cpu'] or self.device_type != 'cpu')
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == 'float16'))
         self.tokens_per_iter = s['batch_size'] * s['block_size'] * s['gradient_accumulation_steps']
         self.flops_per_iter = self.raw_model.flops_per_token() * self.tokens_per_iter
@@ -181,6 +181,9 @@ def bench_train():
     runners = [Runner(config, 'A' if compare else 'result')]
     if compare:
         runners.append(Runner(parse_overrides(compare, config), 'B'))
+        if runners[0].device_type == 'cpu' and runners[1].s['fast_cpu'] != fast_cpu:
+            print(f"note: memory reuse is process-wide, so B runs with A's (fast_cpu={fast_cpu}); "
+                  f"time whole train.py runs to include it")
     for r in runners:
         print(f"{r.label}: {describe(r.s, r)}")
         r.time_steps(config['warmup_iters'])
@@ -240,6 +243,8 @@ def bench_generate():
 
 
 torch.set_grad_enabled(True)
+if fast_cpu and pick_device(device) == 'cpu':
+    reuse_freed_memory()
 if mode == 'train':
     bench_train()
 elif mode == 'generate':

@@ -137,10 +137,10 @@ class Dropout(nn.Dropout):
     keep torch's own kernel.
     """
 
-    fast = True  # False = torch's kernel everywhere (bench.py compares the two)
+    fast_cpu = True  # False = torch's kernel everywhere (nanoGPT's path; train.py --fast_cpu=False)
 
     def forward(self, x):
-        if not (self.fast and self.training and self.p > 0 and x.device.type == "cpu"):
+        if not (self.fast_cpu and self.training and self.p > 0 and x.device.type == "cpu"):
             return super().forward(x)
         if self.p >= 1:
             return torch.zeros_like(x)
@@ -156,6 +156,8 @@ class Dropout(nn.Dropout):
 
 class CausalSelfAttention(nn.Module):
 
+    fast_cpu = True  # False = torch's fused kernel on CPUs too (nanoGPT's path)
+
     def __init__(self, config):
         super().__init__()
         self.n_head = config.n_head
@@ -170,45 +172,70 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None, layer=0):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        hd = C // self.n_head
-        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
-        v = v.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
-
-        if cache is None:
-            mask, is_causal = None, True
-        else:
-            mask = cache.attn_mask(T, x.device)
-            is_causal = mask is None and T > 1
-            k, v = cache.write(layer, k, v)  # (B, nh, S, hd), S = cached + T
-
+        nh, hd = self.n_head, C // self.n_head
+        qkv = self.c_attn(x)  # (B, T, 3C)
         dropout_p = self.dropout if self.training else 0.0
-        # torch's CPU kernels have no fused attention with dropout (they fall back to an fp32
-        # math path); the plain path below does the same in autocast's dtype with a faster mask
-        if self.flash and not (dropout_p > 0 and x.device.type == "cpu"):
-            if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-                # torch's CPU flash attention is 1.2-5x slower in bf16 than in fp32 (fwd+bwd,
-                # torch 2.13), while the matmuls around it gain from bf16: attend in fp32.
-                # Autocast is paused, or it would cast the inputs straight back to bf16.
-                with torch.autocast("cpu", enabled=False):
-                    y = F.scaled_dot_product_attention(
-                        q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p,
-                        is_causal=is_causal).to(q.dtype)
+        # On a CPU, torch's fused kernel has no dropout (it falls back to an fp32 math path) and
+        # its bf16 backward is slow (4.5x its fp32 one at the seeds' CPU shape, torch 2.13), so
+        # those cases take the batched-matmul path below, which measured faster in both.
+        fused = self.flash and not (self.fast_cpu and x.device.type == "cpu"
+                                    and (dropout_p > 0 or qkv.dtype == torch.bfloat16))
+        if cache is None and not fused:
+            # one copy lays out every head's q, k and v contiguously: (3, B*nh, T, hd)
+            q, k, v = qkv.view(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4).reshape(3, B * nh, T, hd).unbind(0)
+            y = self._attend_unfused(q, k, v, causal_bias(T, q.dtype, q.device))
+        else:
+            q, k, v = (t.view(B, T, nh, hd).transpose(1, 2) for t in qkv.split(C, dim=2))  # (B, nh, T, hd)
+            if cache is None:
+                mask, is_causal = None, True
             else:
+                mask = cache.attn_mask(T, x.device)
+                is_causal = mask is None and T > 1  # a fresh prefill: keys are exactly the T queries
+                k, v = cache.write(layer, k, v)  # (B, nh, S, hd), S = cached + T
+            if fused:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                    is_causal=is_causal)
-        else:
-            att = (q * (1.0 / math.sqrt(hd))) @ k.transpose(-2, -1)  # (B, nh, T, S)
-            if is_causal:
-                mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril()
-            if mask is not None:
-                att = att.masked_fill(~mask, float("-inf"))
-            att = F.softmax(att, dim=-1)  # bf16 input: the CPU kernel still sums in fp32
-            att = self.attn_dropout(att)
-            y = att @ v  # (B, nh, T, hd)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+            else:
+                S = k.size(2)
+                if is_causal:
+                    bias = causal_bias(T, q.dtype, q.device)
+                elif mask is not None:  # (T, S) or (B, 1, T, S), True = may attend
+                    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+                    bias = bias.masked_fill_(~mask, float("-inf"))
+                    if bias.dim() == 4:
+                        bias = bias.expand(B, nh, T, S).reshape(B * nh, T, S)
+                else:
+                    bias = None
+                y = self._attend_unfused(q.reshape(B * nh, T, hd), k.reshape(B * nh, S, hd),
+                                         v.reshape(B * nh, S, hd), bias)
+        y = y.view(B, nh, T, hd).transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def _attend_unfused(self, q, k, v, bias):
+        """softmax(q k^T / sqrt(hd) + bias) v, heads batched: q (N, T, hd), k and v (N, S, hd),
+        bias (T, S) or (N, T, S) with -inf where attention is not allowed, or None."""
+        scale = 1.0 / math.sqrt(q.size(-1))
+        if bias is None:
+            att = torch.bmm(q, k.transpose(1, 2)) * scale
+        else:
+            att = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)  # (N, T, S)
+        att = F.softmax(att, dim=-1)  # bf16 input: the CPU kernel still sums in fp32
+        att = self.attn_dropout(att)
+        return torch.bmm(att, v)  # (N, T, hd)
+
+
+_CAUSAL_BIAS = {}
+
+
+def causal_bias(T, dtype, device):
+    """(T, T) additive causal mask, 0 on and below the diagonal and -inf above; made once."""
+    key = (T, dtype, str(device))
+    if key not in _CAUSAL_BIAS:
+        with torch.inference_mode(False):  # a normal tensor, even if first made while sampling
+            allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+            _CAUSAL_BIAS[key] = torch.zeros(T, T, dtype=dtype, device=device).masked_fill_(
+                ~allowed, float("-inf"))
+    return _CAUSAL_BIAS[key]
 
 
 class MLP(nn.Module):
@@ -328,14 +355,18 @@ class GPT(nn.Module):
         model.load_state_dict(state)
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; weight decay only on matrices (matmul weights, embeddings), not biases/norms."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, fused=True):
+        """AdamW; weight decay only on matrices (matmul weights, embeddings), not biases/norms.
+        fused=False takes torch's default implementation instead (on a CPU a per-tensor loop,
+        which is what nanoGPT gets there)."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         # fused AdamW is one kernel per step on CUDA and on CPU (torch >= 2.4); else foreach
+        if not fused:
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
         fused = "fused" in inspect.signature(torch.optim.AdamW).parameters \
             and device_type in ("cuda", "cpu")
         extra = {"fused": True} if fused else {"foreach": True}
@@ -424,6 +455,14 @@ class GPT(nn.Module):
         rows = [self(torch.tensor([s[-window:]], dtype=torch.long, device=device))[0]
                 for s in seqs]
         return torch.cat(rows, dim=0)
+
+
+def set_fast_cpu(model, enabled):
+    """Turn this file's CPU speed-ups (Dropout's mask, the batched-matmul attention path) on or
+    off for one model; off is torch's own kernels, as nanoGPT runs on a CPU."""
+    for module in model.modules():
+        if isinstance(module, (Dropout, CausalSelfAttention)):
+            module.fast_cpu = enabled
 
 
 def _left_pad(rows, device):

@@ -25,6 +25,7 @@ What it is not: a metrics framework. plot.py reads log.csv back to compare runs 
 import csv
 import math
 import os
+import time
 
 COLUMNS = ("iter", "kind", "loss", "train_loss", "val_loss", "lr", "ms_per_iter", "tokens_per_s", "mfu")
 
@@ -100,6 +101,11 @@ def save_figure(fig, png_path):
 
 
 class RunLog:
+    # Drawing loss.png takes ~0.25 s (most of it PNG encoding); a small CPU run evaluates every
+    # few seconds, where redrawing at every eval cost 5% of the run. Draw at most this often,
+    # and always at the end.
+    min_seconds_between_plots = 20.0
+
     def __init__(self, out_dir, config, resume_iter=None, tensorboard=False, wandb=False,
                  wandb_project="owt", wandb_run_name="gpt2", plot=True):
         os.makedirs(out_dir, exist_ok=True)
@@ -121,6 +127,8 @@ class RunLog:
             self.csv_file.flush()
 
         self.make_figure = import_matplotlib() if plot else None
+        self.last_draw = None  # time.monotonic() of the last loss.png
+        self.plot_is_stale = False
 
         self.tb_writer = None
         if tensorboard:
@@ -187,10 +195,14 @@ class RunLog:
         if self.tb_writer is not None:
             self.tb_writer.flush()  # evals are rare, so flushing here costs nothing and a kill loses little
         if self.make_figure is not None:
-            self.draw()
+            self.plot_is_stale = True
+            if self.last_draw is None or \
+                    time.monotonic() - self.last_draw >= self.min_seconds_between_plots:
+                self.draw()
 
     def draw(self):
         """Draw loss.png from every row so far."""
+        self.last_draw, self.plot_is_stale = time.monotonic(), False
         train = [r for r in self.rows if r["kind"] == "train" and r["loss"] is not None]
         evals = [r for r in self.rows if r["kind"] == "eval"]
         fig = self.make_figure(figsize=(9, 5))
@@ -224,7 +236,9 @@ class RunLog:
         save_figure(fig, self.png_path)
 
     def close(self):
-        """Flush and close everything; safe to call twice."""
+        """Draw the last evals, flush and close everything; safe to call twice."""
+        if self.plot_is_stale:
+            self.draw()
         if not self.csv_file.closed:
             self.csv_file.close()
         if self.tb_writer is not None:

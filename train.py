@@ -69,6 +69,7 @@ backend = 'nccl'  # for CUDA; CPU runs always use gloo
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
 dtype = 'auto'  # auto, float32, bfloat16, float16 (float16 adds a GradScaler)
 compile = True  # torch.compile the model (PyTorch 2)
+fast_cpu = True  # CPU speed-ups that keep the math (README: Performance); False = nanoGPT's path
 seed = 1337  # base random seed (each DDP rank adds its rank)
 peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul at start
 # -----------------------------------------------------------------------------
@@ -78,8 +79,9 @@ config = configure(globals())
 
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, \
     remove_stale_temp_files, resolve_name, save_checkpoint  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from runtime import autocast_context, measure_peak_flops, note, pick_device, pick_dtype  # noqa: E402
+from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
+from runtime import autocast_context, measure_peak_flops, note, pick_device, pick_dtype, \
+    reuse_freed_memory  # noqa: E402
 from textdata import eval_offsets, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -133,6 +135,8 @@ if master_process:
     for name in remove_stale_temp_files(out_dir):
         note(f"removed {os.path.join(out_dir, name)}, left by a run killed while saving a checkpoint")
 torch.manual_seed(seed + seed_offset)
+if device_type == 'cpu' and fast_cpu:
+    reuse_freed_memory()  # glibc would hand freed activations back to the kernel every step
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: fast, accurate enough
     torch.backends.cudnn.allow_tf32 = True
@@ -224,11 +228,16 @@ for split in ('train', 'val'):
              f"{block_size}; use a smaller --block_size or more text")
 model_args = model.config.to_model_args()
 model.to(device)
+set_fast_cpu(model, fast_cpu)
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
+                                       fused=fast_cpu or device_type != 'cpu')
 if checkpoint is not None:
+    implementation = [{k: g.get(k) for k in ('fused', 'foreach')} for g in optimizer.param_groups]
     optimizer.load_state_dict(checkpoint['optimizer'])
+    for group, chosen in zip(optimizer.param_groups, implementation):
+        group.update(chosen)  # the saved groups carry the saving run's choice; keep this run's
     if 'scaler' in checkpoint and checkpoint['scaler']:
         scaler.load_state_dict(checkpoint['scaler'])
 
@@ -417,6 +426,8 @@ loss_sum = torch.zeros((), device=device)  # summed on the device; read only at 
 t0 = time.time()
 iters_since_log = 0
 running_mfu = -1.0
+params = list(raw_model.parameters())  # listed once: walking the modules each step costs ~0.1 ms
+flops_per_iter = raw_model.flops_per_token() * block_size * batch_size * gradient_accumulation_steps
 exit_code = 0
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
@@ -470,7 +481,7 @@ while True:
         loss_sum += loss.detach()
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -489,7 +500,7 @@ while True:
         if master_process and not nonfinite:
             if iter_num - start_iter >= 5:  # let the first iterations (warm-up, compile) pass
                 # per process: peak_flops is one device's, and each rank does its share
-                mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops)
+                mfu = flops_per_iter / dt / peak_flops  # raw_model.estimate_mfu, counted once
                 running_mfu = mfu if running_mfu < 0 else 0.9 * running_mfu + 0.1 * mfu
             tokens_per_s = tokens_per_iter / dt
             mfu_text = f", mfu {running_mfu * 100:.1f}%" if running_mfu >= 0 else ""
@@ -498,15 +509,16 @@ while True:
             runlog.train(iter_num, lossf, lr, dt * 1000, tokens_per_s,
                          running_mfu if running_mfu >= 0 else None)
         iters_since_log = 0
-    flags = torch.tensor([float(stop_requested), float(nonfinite)])
+    stop, bad = stop_requested, nonfinite
     if ddp:  # all ranks must stop at the same step, or the others wait forever in all_reduce
-        flags = flags.to(device)
+        flags = torch.tensor([float(stop), float(bad)], device=device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    if flags[1] > 0 or (flags[0] > 0 and diverged()):
+        stop, bad = (v > 0 for v in flags.tolist())
+    if bad or (stop and diverged()):
         report_divergence()
         exit_code = 3
         break
-    if flags[0] > 0:
+    if stop:
         states = gather_rng_states()
         if master_process:
             save('last.pt', states)
