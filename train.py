@@ -529,5 +529,8 @@ while True:
 if runlog is not None:
     runlog.close()
 if ddp:
+    # wait for rank 0's last save: a rank that tears gloo down while rank 0 is still writing
+    # can abort at exit ("terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
 sys.exit(exit_code)
