@@ -66,7 +66,7 @@ import os  # noqa: E402
 from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
 from runtime import autocast_context, measure_peak_flops, pick_device, pick_dtype, \
     reuse_freed_memory, sync  # noqa: E402
-from textdata import load_meta, sample_batch  # noqa: E402
+from textdata import count_tokens, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -107,7 +107,14 @@ class Runner:
             self.bin_path = os.path.join(data_dir, 'train.bin')
             if not os.path.isfile(self.bin_path):
                 sys.exit(f"error: no {self.bin_path}; run: python data/{s['dataset']}/prepare.py")
-            self.meta = load_meta(data_dir)
+            try:
+                self.meta = load_meta(data_dir)
+                n_tokens = count_tokens(self.bin_path, self.meta['dtype'] if self.meta else 'uint16')
+            except ValueError as e:
+                sys.exit(f"error: {e}: python data/{s['dataset']}/prepare.py")
+            if n_tokens <= s['block_size']:
+                sys.exit(f"error: {self.bin_path} has {n_tokens} tokens, not more than "
+                         f"block_size={s['block_size']}; use a smaller --block_size")
         vocab = self.meta['vocab_size'] if self.meta else s['vocab_size']
         cfg = GPTConfig(n_layer=s['n_layer'], n_head=s['n_head'], n_embd=s['n_embd'],
                         block_size=s['block_size'], vocab_size=vocab, dropout=s['dropout'],

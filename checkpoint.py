@@ -100,6 +100,18 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
+def peek_checkpoint(path):
+    """A checkpoint's model_args, iter_num and config, without reading its weights into memory
+    (mmap), or None when the file can't be read as a checkpoint."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return {k: ckpt.get(k) for k in ("model_args", "iter_num", "config")}
+    except Exception:  # whatever a damaged or foreign file raises: there is just nothing to show
+        return None
+
+
 def clean_state_dict(state):
     """Strip torch.compile's '_orig_mod.' prefix and nanoGPT's causal-mask buffers."""
     out = {}

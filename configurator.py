@@ -10,9 +10,11 @@ its defaults. Right after it the script calls `config = configure(globals())`, w
      true/false in any case are booleans, the value may itself contain '=');
   3. returns the final {key: value} dict (what checkpoints record as `config`).
 Keys that aren't in the defaults block stop the run before any work, with the closest known
-names. `-h` / `--help` prints the defaults block with its comments.
+names. `-h` / `--help` prints the defaults block with its comments. NANOGPT_DRY_RUN=1 in the
+environment checks a command line (config files, keys, types) and prints the settings it would
+run with, then exits without running anything.
 
-    python train.py config/train_don_char.py config/cpu.py --max_iters=100 --compile=False
+    python train.py config/train_don_char.py config/cpu_small.py --max_iters=100 --compile=False
 """
 
 import ast
@@ -25,15 +27,36 @@ import types
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
 
 
-def fail(message):
-    """A user mistake: one line on stderr, exit code 2, nothing done."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+def is_main_process():
+    """False in torchrun's ranks 1, 2, ...: they keep quiet, so a message is printed once.
+    torchrun sets RANK before the script starts, so this works before DDP is set up."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def fail(message, code=2):
+    """A user mistake: one line on stderr (from rank 0 only), a non-zero exit on every rank,
+    nothing done."""
+    if is_main_process():
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def say(message):
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 talks
+    if is_main_process():
         print(message)
+
+
+def make_folder(path, key):
+    """Create the folder that the setting `key` names (e.g. out_dir), or raise ValueError with
+    one line saying why it can't be and what to pass instead."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--{key}={path} is a file, not a folder; pass another --{key} "
+                         f"(or move the file away)")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:  # a parent that is a file, no permission, read-only disk, ...
+        raise ValueError(f"can't create the folder --{key}={path} ({e.strerror}); "
+                         f"pass another --{key}") from None
 
 
 def config_keys(namespace):
@@ -169,4 +192,10 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
                 fail(f"--{key}: {e}")
             if echo:
                 say(f"Overriding: {key} = {namespace[key]!r}")
-    return {k: namespace[k] for k in keys}
+    final = {k: namespace[k] for k in keys}
+    if os.environ.get("NANOGPT_DRY_RUN"):  # check a command line without running it
+        say("dry run: the settings are valid; this command would run with:")
+        for k, v in final.items():
+            say(f"  {k} = {v!r}")
+        sys.exit(0)
+    return final

@@ -44,6 +44,8 @@ def fail(message):
 # ----------------------------------------------------------------------------- load
 ckpt_path = os.path.join(out_dir, resolve_name(checkpoint_name))
 hf_dir = hf_dir or os.path.join(out_dir, 'hf')
+if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
+    fail(f"--hf_dir={hf_dir} is a file, not a folder; pass another --hf_dir")
 try:
     checkpoint = load_checkpoint(ckpt_path, 'cpu')
     model = model_from_checkpoint(checkpoint)

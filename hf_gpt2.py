@@ -34,6 +34,7 @@ from dataclasses import fields
 import torch
 
 from model import GPT
+from textdata import hub_reachable
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_BPE_VOCAB_SIZES = (50257, 50304)   # GPT-2's BPE, and nanoGPT's padding of it to 64 * 786
@@ -155,21 +156,33 @@ def load_hf_gpt2(name_or_dir):
     elif _looks_like_path(name_or_dir):
         raise FileNotFoundError(f"no such directory: {name_or_dir}; give a local Hugging Face "
                                 f"GPT-2 directory or one of {', '.join(GPT2_NAMES)}")
+    # A hub name is read from the local cache when it is there; the hub is asked only when it
+    # answers, so an offline machine gets one line at once, not the hub client's retries.
     try:
-        # the config first, so an unsupported model is refused before gigabytes are read
-        config = transformers.AutoConfig.from_pretrained(name_or_dir, local_files_only=local)
-        _check_hf_config(config)
-        hf = transformers.GPT2LMHeadModel.from_pretrained(name_or_dir, config=config,
-                                                          local_files_only=local)
+        hf = _load_hf(transformers, name_or_dir, local_only=True)
     except OSError as e:
         if local:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"could not load the weights in {name_or_dir} ({reason}); it needs "
                              f"model.safetensors or pytorch_model.bin") from None
-        raise RuntimeError(f"could not fetch the weights of {name_or_dir!r} from the Hugging Face "
-                           f"Hub (offline, not in the local cache, or no such model); "
-                           f"{LOCAL_DIR_HINT}") from None
+        if not hub_reachable():
+            raise RuntimeError(f"{name_or_dir!r} is not in the local Hugging Face cache and the hub "
+                               f"can't be reached (offline?); {LOCAL_DIR_HINT}") from None
+        try:
+            hf = _load_hf(transformers, name_or_dir, local_only=False)
+        except OSError:
+            raise RuntimeError(f"could not fetch the weights of {name_or_dir!r} from the Hugging "
+                               f"Face Hub (no such model, or the download failed); "
+                               f"{LOCAL_DIR_HINT}") from None
     return config_args_from_hf(hf.config), state_dict_from_hf(hf.state_dict())
+
+
+def _load_hf(transformers, name_or_dir, local_only):
+    # the config first, so an unsupported model is refused before gigabytes are read
+    config = transformers.AutoConfig.from_pretrained(name_or_dir, local_files_only=local_only)
+    _check_hf_config(config)
+    return transformers.GPT2LMHeadModel.from_pretrained(name_or_dir, config=config,
+                                                        local_files_only=local_only)
 
 
 # ----------------------------------------------------------------------------------------------

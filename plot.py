@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 
+from configurator import make_folder
 from runlog import import_matplotlib, read_log, save_figure
 
 
@@ -88,7 +89,13 @@ def main(argv=None):
         fig.tight_layout()
         out_dir = os.path.dirname(args.out)
         if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
+            try:
+                make_folder(out_dir, "out")
+            except ValueError as e:
+                raise SystemExit(f"plot.py: {e}")
+        if os.path.isdir(args.out):
+            raise SystemExit(f"plot.py: --out={args.out} is a folder; give a file name such as "
+                             f"{os.path.join(args.out, 'compare.png')}")
         save_figure(fig, args.out)
         print(f"wrote {args.out}")
 

@@ -87,7 +87,8 @@ meta = None
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, resolve_name(checkpoint_name))
     if not os.path.isfile(ckpt_path):
-        others = sorted(f for f in os.listdir(out_dir) if f.endswith('.pt')) \
+        others = sorted(f for f in os.listdir(out_dir)
+                        if f.endswith('.pt') and os.path.isfile(os.path.join(out_dir, f))) \
             if os.path.isdir(out_dir) else []
         hint = (f"it has {', '.join(others)}: pass --checkpoint_name={others[0]}" if others else
                 "train a model first (python train.py ...) or point --out_dir at its folder")

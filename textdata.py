@@ -22,7 +22,9 @@ import json
 import os
 import pickle
 import re
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -93,6 +95,8 @@ def read_input_text(dataset_dir: str, input_path: str | None, url: str | None) -
     """The cleaned text of a dataset: --input=PATH, else <dataset_dir>/input.txt, else download url."""
     local_path = os.path.join(dataset_dir, "input.txt")
     if input_path is not None:
+        if os.path.isdir(input_path):
+            raise SystemExit(f"error: --input={input_path} is a folder; pass the text file itself")
         if not os.path.isfile(input_path):
             raise SystemExit(f"error: --input file not found: {input_path}")
         path = input_path
@@ -118,6 +122,22 @@ def read_input_text(dataset_dir: str, input_path: str | None, url: str | None) -
         _write_atomic(local_path, lambda f: f.write(raw))
     print(f"reading {_shown(path)} ({len(raw):,} bytes)")
     return clean_text(_decode_utf8(raw, path), name=_shown(path))
+
+
+def hub_reachable(timeout=3.0):
+    """Whether the Hugging Face Hub (or the HTTPS proxy in use) accepts a connection within
+    `timeout` seconds. Asked before a hub download, so an offline machine gets one line at once
+    instead of the hub client's retries (~25 s of warnings). HF_HUB_OFFLINE=1 means no."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urllib.parse.urlsplit(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError, TypeError):  # no DNS, refused, timed out, malformed address
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,6 +255,17 @@ def _count_tokens(dataset_dir, name, dtype):
     return os.path.getsize(path) // np.dtype(dtype).itemsize if os.path.exists(path) else None
 
 
+def count_tokens(bin_path, dtype):
+    """The number of tokens in a .bin file. ValueError, naming the file, when its size is not a
+    whole number of tokens: numpy would refuse to map it with a traceback."""
+    size, itemsize = os.path.getsize(bin_path), np.dtype(dtype).itemsize
+    if size % itemsize:
+        raise ValueError(f"{bin_path} is {size:,} bytes, not a whole number of {np.dtype(dtype).name} "
+                         f"tokens ({itemsize} bytes each): the file was cut short (a full disk, an "
+                         f"interrupted copy?) or meta.json names the wrong dtype; re-create it")
+    return size // itemsize
+
+
 def eval_offsets(bin_path, dtype, n_windows, block_size):
     """n_windows window starts spread evenly over a .bin file: an evaluation that covers the
     whole split, the same every time, with less variance than as many random windows."""
@@ -305,10 +336,13 @@ def _load_tiktoken(name):
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # offline and nothing cached: requests / OSError from tiktoken's download
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        # requests' own text is a page of pool and DNS detail; its class name says enough
+        reason = type(e).__name__ if "Connection" in type(e).__name__ else \
+            (str(e).splitlines() or [type(e).__name__])[0][:120]
         raise RuntimeError(f"tiktoken could not load the {name!r} files ({reason}); offline? set "
-                           f"TIKTOKEN_CACHE_DIR to a directory with the cached GPT-2 files "
-                           f"(see shared/data/README.md)") from None
+                           f"TIKTOKEN_CACHE_DIR to a folder that holds them (on a machine with "
+                           f"internet, TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; "
+                           f"tiktoken.get_encoding('{name}')\" fills DIR; copy it over)") from None
 
 
 class Tokenizer:

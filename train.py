@@ -2,7 +2,7 @@
 Train a GPT: from scratch, from a checkpoint (resume) or from GPT-2 weights (finetune).
 
 One process on a CPU, a GPU or Apple's MPS:
-    python train.py config/train_don_char.py config/cpu.py
+    python train.py config/train_don_char.py config/cpu_small.py
     python train.py config/train_shakespeare_char.py --device=cpu --compile=False --max_iters=2000
 Distributed data parallel, one process per GPU (or per CPU socket, with gloo):
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
@@ -73,22 +73,25 @@ fast_cpu = True  # CPU speed-ups that keep the math (README: Performance); False
 seed = 1337  # base random seed (each DDP rank adds its rank)
 peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul at start
 # -----------------------------------------------------------------------------
-from configurator import configure  # noqa: E402  (after the defaults it overrides)
+from configurator import configure, is_main_process, make_folder  # noqa: E402  (after the defaults)
 
 config = configure(globals())
 
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, \
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, peek_checkpoint, \
     remove_stale_temp_files, resolve_name, save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
 from runtime import autocast_context, measure_peak_flops, note, pick_device, pick_dtype, \
     reuse_freed_memory  # noqa: E402
-from textdata import eval_offsets, load_meta, sample_batch  # noqa: E402
+from textdata import count_tokens, eval_offsets, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
 
 def fail(message, code=1):
-    print(f"error: {message}", file=sys.stderr)
+    """A user mistake found before training: one line, printed once (rank 0 under torchrun);
+    every rank exits non-zero, so torchrun stops the job."""
+    if is_main_process():
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -99,6 +102,8 @@ for name in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulati
         fail(f"{name}={globals()[name]} must be at least 1")
 if checkpoint_interval < 0 or max_iters < 0:
     fail(f"checkpoint_interval={checkpoint_interval} and max_iters={max_iters} can't be negative")
+if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    fail(f"--out_dir={out_dir} is a file, not a folder; pass another --out_dir")
 ddp = int(os.environ.get('RANK', -1)) != -1
 try:
     device = pick_device(device)
@@ -127,11 +132,12 @@ else:
     ddp_rank, ddp_world_size, master_process, seed_offset = 0, 1, True, 0
 
 dtype = pick_dtype(dtype, device_type, quiet=not master_process)
-tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
-    print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); "
-          f"tokens per iteration: {tokens_per_iter:,}")
-    os.makedirs(out_dir, exist_ok=True)
+    print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es)")
+    try:
+        make_folder(out_dir, 'out_dir')
+    except ValueError as e:
+        fail(e)
     for name in remove_stale_temp_files(out_dir):
         note(f"removed {os.path.join(out_dir, name)}, left by a run killed while saving a checkpoint")
 torch.manual_seed(seed + seed_offset)
@@ -143,20 +149,31 @@ if device_type == 'cuda':
 ctx = autocast_context(device_type, dtype)
 
 # ----------------------------------------------------------------------------- data
-data_dir = dataset if os.path.isdir(os.path.join(dataset, '')) and os.path.sep in dataset \
-    else os.path.join(REPO, 'data', dataset)
+# a name under data/ (nanoGPT's way), else a folder path (relative to here, or absolute)
+data_dir = os.path.join(REPO, 'data', dataset)
+if not os.path.isdir(data_dir) and os.path.isdir(dataset):
+    data_dir = dataset
+prepare = os.path.join('data', dataset, 'prepare.py')
+has_prepare = os.path.isfile(os.path.join(REPO, prepare))
+if os.path.isfile(dataset):
+    fail(f"--dataset={dataset} is a file; --dataset takes a prepared folder (train.bin, val.bin) "
+         f"or a name under data/. For a text file: python data/don_char/prepare.py "
+         f"--input={dataset}, then --dataset=don_char")
 for split in ('train', 'val'):
     if not os.path.isfile(os.path.join(data_dir, f'{split}.bin')):
-        prepare = os.path.join('data', dataset, 'prepare.py')
-        fail(f"dataset {dataset!r} has no {split}.bin in {data_dir}; run: python {prepare}"
-             if os.path.isfile(os.path.join(REPO, prepare)) else
-             f"dataset {dataset!r} has no {split}.bin in {data_dir}; prepare it first "
-             f"(ls data/ lists the datasets that ship a prepare.py)")
+        fail(f"dataset {dataset!r} has no {split}.bin in {data_dir}; " +
+             (f"run: python {prepare}" if has_prepare else
+              "prepare it first (ls data/ lists the datasets that ship a prepare.py)"))
 try:
     meta = load_meta(data_dir)
 except ValueError as e:
     fail(e)
 token_dtype = np.dtype(meta['dtype'] if meta else 'uint16')
+try:
+    split_tokens = {split: count_tokens(os.path.join(data_dir, f'{split}.bin'), token_dtype)
+                    for split in ('train', 'val')}
+except ValueError as e:
+    fail(f"{e}" + (f": python {prepare}" if has_prepare else " with the script that made it"))
 
 
 def get_batch(split, generator=None, offsets=None):
@@ -220,13 +237,33 @@ elif block_size > model.config.block_size:
         note(f"block_size={block_size} is more than the model's {model.config.block_size} learned "
              f"positions: training with block_size={model.config.block_size}")
     block_size = model.config.block_size
-    tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
-for split in ('train', 'val'):
-    n_tokens = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // token_dtype.itemsize
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+if master_process:  # printed here, once block_size is final
+    micro_batches = gradient_accumulation_steps * ddp_world_size
+    print(f"tokens per iteration: {tokens_per_iter:,} ({micro_batches} micro-batch"
+          f"{'es' if micro_batches > 1 else ''} of {batch_size} x {block_size} tokens)")
+for split, n_tokens in split_tokens.items():
     if n_tokens <= block_size:
         fail(f"{split}.bin of {dataset!r} has {n_tokens} tokens, not more than block_size="
              f"{block_size}; use a smaller --block_size or more text")
 model_args = model.config.to_model_args()
+if master_process and init_from != 'resume':
+    # nanoGPT overwrites an out_dir's checkpoints without a word; keep the overwrite, say it first
+    found = [n for n in ('ckpt.pt', 'last.pt') if os.path.isfile(os.path.join(out_dir, n))]
+    old = peek_checkpoint(os.path.join(out_dir, found[0])) if found else None
+    if found:
+        changes = []
+        if old is not None:
+            old_dataset = (old['config'] or {}).get('dataset')
+            if old_dataset is not None and old_dataset != dataset:
+                changes.append(f"dataset {old_dataset} -> {dataset}")
+            changes += [f"{k} {v} -> {model_args.get(k)}" for k, v in (old['model_args'] or {}).items()
+                        if k != 'dropout' and v != model_args.get(k)]
+        what = (f"iteration {old['iter_num']}" if old else "unreadable") + \
+            (f"; {', '.join(changes)}" if changes else "")
+        print(f"warning: {out_dir} holds {' and '.join(found)} of an earlier run ({what}); this new "
+              f"run replaces them at its first checkpoint. Use another --out_dir to keep them, or "
+              f"--init_from=resume to continue that run", file=sys.stderr)
 model.to(device)
 set_fast_cpu(model, fast_cpu)
 

@@ -5,8 +5,16 @@ working directory, so nothing is ever written into the repo).
 
     python -m pytest tests -q              # everything, slow tests included (CI runs them too)
     python -m pytest tests -q -m "not slow"  # skip the torchrun and multi-run tests while editing
+
+Optional offline data (tests that need it skip, with the reason, when it is missing):
+    NANOGPT_TEST_DATA=DIR   a folder holding don_quixote.txt and tinyshakespeare.txt (the real
+                            books: Gutenberg #996 and nanoGPT's tiny Shakespeare); default: the
+                            current folder
+    TIKTOKEN_CACHE_DIR=DIR  tiktoken's cache with the GPT-2 BPE files; default: DIR/tiktoken_cache
+                            of the folder above when it exists, else tiktoken downloads them
 """
 
+import functools
 import os
 import random
 import subprocess
@@ -28,6 +36,57 @@ TINY = ["--device=cpu", "--compile=False", "--dtype=float32", "--peak_flops=1e12
 
 WORDS = ("the knight rode out at dawn and his squire followed on a grey donkey while the windmills "
          "turned slowly over the plain of la mancha where nobody had ever seen a giant").split()
+
+
+# ----------------------------------------------------------------------------- offline data
+TEXT_FILES = ("don_quixote.txt", "tinyshakespeare.txt")
+
+
+def _find_test_data():
+    """$NANOGPT_TEST_DATA, else the current folder; last, the shared/data folder that this
+    project's CI keeps beside the repo (a user's clone has none, and then the tests skip)."""
+    if os.environ.get("NANOGPT_TEST_DATA"):
+        return Path(os.environ["NANOGPT_TEST_DATA"]).expanduser()
+    for folder in (Path.cwd(), REPO.parent / "shared" / "data"):
+        if any((folder / name).is_file() for name in TEXT_FILES):
+            return folder
+    return Path.cwd()
+
+
+TEST_DATA = _find_test_data()
+if not os.environ.get("TIKTOKEN_CACHE_DIR") and (TEST_DATA / "tiktoken_cache").is_dir():
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(TEST_DATA / "tiktoken_cache")  # subprocesses inherit it
+
+
+def text_file(name):
+    """The path of one of TEXT_FILES, or a skip that says how to provide it."""
+    path = TEST_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{name} not found in {TEST_DATA}; set NANOGPT_TEST_DATA to a folder that has it")
+    return str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def gpt2_bpe_missing():
+    """None when tiktoken can load GPT-2's BPE (from TIKTOKEN_CACHE_DIR, its own cache or a
+    download), else why not: the reason a test that needs it is skipped."""
+    try:
+        import tiktoken
+        tiktoken.get_encoding("gpt2")
+        return None
+    except Exception as e:  # ImportError, or a download that failed (offline, no cache)
+        where = os.environ.get("TIKTOKEN_CACHE_DIR") or "tiktoken's default cache"
+        return (f"GPT-2 BPE files not available ({type(e).__name__}; looked in {where}); set "
+                f"TIKTOKEN_CACHE_DIR to a tiktoken cache that holds them, or go online once")
+
+
+needs_gpt2_bpe = pytest.mark.skipif(gpt2_bpe_missing() is not None, reason=str(gpt2_bpe_missing()))
+
+
+def skip_without_gpt2_bpe():
+    reason = gpt2_bpe_missing()
+    if reason:
+        pytest.skip(reason)
 
 
 def pytest_configure(config):

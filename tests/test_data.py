@@ -4,9 +4,9 @@ Tests for textdata.py and the data/*/prepare.py scripts. CPU only, offline, ~15 
     python -m pytest tests/test_data.py          # add -v to see each test
 
 Prepare scripts run as subprocesses inside a temp copy of the repo layout (textdata.py plus
-data/<name>/prepare.py), so nothing is ever written into the repo. Tests that need the shared
-offline data (<repo>/../shared/data: the real texts and the tiktoken cache) are skipped, with the
-reason, when it is missing.
+data/<name>/prepare.py), so nothing is ever written into the repo. Tests that need the real books
+(NANOGPT_TEST_DATA) or GPT-2's BPE files (TIKTOKEN_CACHE_DIR) are skipped, with the reason, when
+they are missing; see conftest.py.
 """
 
 import importlib.util
@@ -21,17 +21,11 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
-TIKTOKEN_CACHE = os.path.join(SHARED, "tiktoken_cache")
 sys.path.insert(0, REPO)
 
 import textdata  # noqa: E402
 from textdata import StreamDecoder, Tokenizer, clean_text, load_meta  # noqa: E402
-
-needs_shared = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "don_quixote.txt")),
-                                  reason=f"shared data not found at {SHARED}")
-needs_tiktoken = pytest.mark.skipif(not os.path.isdir(TIKTOKEN_CACHE),
-                                    reason=f"tiktoken cache not found at {TIKTOKEN_CACHE} (GPT-2 BPE needs it offline)")
+from conftest import needs_gpt2_bpe, skip_without_gpt2_bpe, text_file  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -42,7 +36,8 @@ def make_repo(tmp_path, *names):
     """A throwaway copy of the repo layout: textdata.py and data/<name>/prepare.py."""
     root = tmp_path / "repo"
     root.mkdir(exist_ok=True)
-    shutil.copy(os.path.join(REPO, "textdata.py"), root / "textdata.py")
+    for module in ("textdata.py", "configurator.py"):
+        shutil.copy(os.path.join(REPO, module), root / module)
     for name in names:
         (root / "data" / name).mkdir(parents=True, exist_ok=True)
         shutil.copy(os.path.join(REPO, "data", name, "prepare.py"), root / "data" / name / "prepare.py")
@@ -52,7 +47,7 @@ def make_repo(tmp_path, *names):
 def run_prepare(root, name, *args, cwd=None, env_extra=None):
     """Run data/<name>/prepare.py of the temp layout with the current Python; by default from a
     working directory outside the layout, to check the script finds textdata.py on its own."""
-    env = dict(os.environ, TIKTOKEN_CACHE_DIR=TIKTOKEN_CACHE, HF_HUB_OFFLINE="1",
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
                HF_DATASETS_CACHE=str(root.parent / "hf_cache"), PYTHONDONTWRITEBYTECODE="1")
     env.update(env_extra or {})
     script = os.path.join(root, "data", name, "prepare.py")
@@ -77,10 +72,8 @@ def one_line_error(proc):
 
 
 @pytest.fixture
-def gpt2(monkeypatch):
-    if not os.path.isdir(TIKTOKEN_CACHE):
-        pytest.skip(f"tiktoken cache not found at {TIKTOKEN_CACHE} (GPT-2 BPE needs it offline)")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+def gpt2():
+    skip_without_gpt2_bpe()
     return Tokenizer.tiktoken("gpt2")
 
 
@@ -323,7 +316,7 @@ def test_no_meta_means_gpt2(gpt2):
     assert tokenizer.encode("<|endoftext|>") != [50256]  # typed text is never the special token
 
 
-@needs_tiktoken
+@needs_gpt2_bpe
 def test_bpe_prepare_round_trip(tmp_path):
     root = make_repo(tmp_path, "shakespeare")
     raw = "\ufeff" + "First Citizen:\r\nBefore we proceed — any further, hear me speak. 日本語 🙂\r\n" * 40
@@ -354,13 +347,12 @@ def test_bpe_prepare_without_tiktoken_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# the real books (shared data)
+# the real books (NANOGPT_TEST_DATA)
 
 
-@needs_shared
 def test_real_don_quixote_char(tmp_path):
     root = make_repo(tmp_path, "don_char")
-    shutil.copy(os.path.join(SHARED, "don_quixote.txt"), root / "data" / "don_char" / "input.txt")
+    shutil.copy(text_file("don_quixote.txt"), root / "data" / "don_char" / "input.txt")
     proc = run_prepare(root, "don_char")
     assert proc.returncode == 0, proc.stderr
     assert "gutenberg: kept the text between the START/END markers" in proc.stdout
@@ -371,26 +363,25 @@ def test_real_don_quixote_char(tmp_path):
     assert "In a village of La Mancha, the name of which I have no desire to call" in text[:200000]
 
 
-@needs_shared
 def test_real_tiny_shakespeare_char(tmp_path):
     root = make_repo(tmp_path, "shakespeare_char")
-    proc = run_prepare(root, "shakespeare_char", f"--input={os.path.join(SHARED, 'tinyshakespeare.txt')}")
+    proc = run_prepare(root, "shakespeare_char", f"--input={text_file('tinyshakespeare.txt')}")
     assert proc.returncode == 0, proc.stderr
     meta, _ = read_prepared(root / "data" / "shakespeare_char")
     # the numbers nanoGPT's shakespeare_char/prepare.py prints for this file
     assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (65, 1003854, 111540)
 
 
-@needs_shared
-@needs_tiktoken
+@needs_gpt2_bpe
 def test_real_don_quixote_bpe(tmp_path):
     root = make_repo(tmp_path, "don")
-    shutil.copy(os.path.join(SHARED, "don_quixote.txt"), root / "data" / "don" / "input.txt")
+    source = text_file("don_quixote.txt")
+    shutil.copy(source, root / "data" / "don" / "input.txt")
     proc = run_prepare(root, "don")
     assert proc.returncode == 0, proc.stderr
     meta, ids = read_prepared(root / "data" / "don")
     assert (meta["vocab_size"], meta["dtype"], meta["encoding"]) == (50257, "uint16", "gpt2")
-    with open(os.path.join(SHARED, "don_quixote.txt"), "rb") as f:
+    with open(source, "rb") as f:
         expected = clean_text(f.read().decode("utf-8"))
     assert Tokenizer.from_meta(meta).decode(ids) == expected
 

@@ -6,8 +6,8 @@ GPT-2 folder through train.py -> sample.py -> export.py, plus a vocabulary too b
 
 Real GPT-2 weights can't be downloaded here, so a test builds a 2-layer, 32-wide random
 GPT2LMHeadModel with GPT-2's 50257-token vocabulary and saves it to a temp folder; that folder is
-what `--init_from` points at. GPT-2 BPE needs tiktoken's files: the tests use the shared offline
-cache (<repo>/../shared/data/tiktoken_cache) and skip when it is missing.
+what `--init_from` points at. GPT-2 BPE needs tiktoken's files (TIKTOKEN_CACHE_DIR, tiktoken's
+own cache, or a download; see conftest.py); the tests that need them skip when they are missing.
 """
 
 import os
@@ -20,16 +20,13 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
-TIKTOKEN_CACHE = os.path.join(SHARED, "tiktoken_cache")
 sys.path.insert(0, REPO)
 
 import textdata  # noqa: E402
+from conftest import needs_gpt2_bpe, skip_without_gpt2_bpe  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
-needs_tiktoken = pytest.mark.skipif(not os.path.isdir(TIKTOKEN_CACHE),
-                                    reason=f"no tiktoken cache at {TIKTOKEN_CACHE}")
-ENV = dict(os.environ, TIKTOKEN_CACHE_DIR=TIKTOKEN_CACHE, HF_HUB_OFFLINE="1",
+ENV = dict(os.environ, HF_HUB_OFFLINE="1",
            TRANSFORMERS_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1")
 TEXT = ("In a village of La Mancha, the name of which I have no desire to call to mind, "
         "there lived not long since one of those gentlemen that keep a lance in the lance-rack, "
@@ -55,9 +52,7 @@ def hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bpe_data(tmp_path_factory):
-    if not os.path.isdir(TIKTOKEN_CACHE):
-        pytest.skip(f"no tiktoken cache at {TIKTOKEN_CACHE}")
-    os.environ["TIKTOKEN_CACHE_DIR"] = TIKTOKEN_CACHE
+    skip_without_gpt2_bpe()
     folder = tmp_path_factory.mktemp("don") / "don"
     folder.mkdir()
     source = folder.parent / "text.txt"
@@ -72,7 +67,7 @@ def eval_losses(stdout):
     return float(m.group(1)), float(m.group(2))
 
 
-@needs_tiktoken
+@needs_gpt2_bpe
 def test_eval_through_train_matches_hugging_face(hf_dir, bpe_data, tmp_path):
     """train.py's loss at init_from=<HF folder> equals GPT2LMHeadModel's on the same batches."""
     out = run("train.py", "config/finetune_don.py", f"--init_from={hf_dir}", "--device=cpu",
@@ -99,7 +94,7 @@ def test_eval_through_train_matches_hugging_face(hf_dir, bpe_data, tmp_path):
     assert val_loss == pytest.approx(expected[1], abs=2e-4)
 
 
-@needs_tiktoken
+@needs_gpt2_bpe
 def test_finetune_sample_export(hf_dir, bpe_data, tmp_path):
     """The issue's 'done when': finetune_don.py from a local HF folder on a CPU, sample, export."""
     out_dir = tmp_path / "out-don"

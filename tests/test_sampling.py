@@ -25,19 +25,16 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIKTOKEN_CACHE = os.path.join(os.path.dirname(REPO), "shared", "data", "tiktoken_cache")
 sys.path.insert(0, REPO)
 
 import model as model_module  # noqa: E402
 from model import GPT, GPTConfig, KVCache, filter_logits, sample_next  # noqa: E402
+from conftest import needs_gpt2_bpe, skip_without_gpt2_bpe  # noqa: E402
 
 BLOCK = 16
 TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=BLOCK, dropout=0.0)
 V = 64
 
-needs_tiktoken = pytest.mark.skipif(not os.path.isdir(TIKTOKEN_CACHE),
-                                    reason=f"tiktoken cache not found at {TIKTOKEN_CACHE} "
-                                           f"(GPT-2 BPE needs it offline)")
 
 
 def random_model(seed=0, vocab_size=V, std=0.3):
@@ -390,7 +387,7 @@ def char_ckpt(char_model, tmp_path_factory):
 
 
 def child_env():
-    env = dict(os.environ, TIKTOKEN_CACHE_DIR=TIKTOKEN_CACHE, PYTHONIOENCODING="utf-8",
+    env = dict(os.environ, PYTHONIOENCODING="utf-8",
                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.pop("RANK", None)
     return env
@@ -579,12 +576,9 @@ def bpe_ckpt(tmp_path_factory):
     with 50,257 outputs is slow on a CPU, so we train on the 8 token ids the pattern uses plus
     one never-seen id, then copy each learned row to its GPT-2 id and the never-seen row to the
     other 50,248: their logits are all the never-seen token's, which training pushed down."""
-    if not os.path.isdir(TIKTOKEN_CACHE):
-        pytest.skip(f"tiktoken cache not found at {TIKTOKEN_CACHE}")
+    skip_without_gpt2_bpe()
     from textdata import Tokenizer
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
-        tokenizer = Tokenizer.tiktoken("gpt2")
+    tokenizer = Tokenizer.tiktoken("gpt2")
     pattern = tokenizer.encode(BPE_TEXT) + [tokenizer.eot_token]
     assert any("\ufffd" in tokenizer.decode([t]) for t in pattern), "want a split character"
     ids = sorted(set(pattern))
@@ -604,7 +598,7 @@ def bpe_ckpt(tmp_path_factory):
     return out_dir, tokenizer, pattern
 
 
-@needs_tiktoken
+@needs_gpt2_bpe
 def test_stop_at_end_of_text(bpe_ckpt):
     out_dir, _, _ = bpe_ckpt
     common = ["--temperature=0", "--max_new_tokens=30", "--num_samples=1", "--stop_at_eot=True"]
@@ -619,7 +613,7 @@ def test_stop_at_end_of_text(bpe_ckpt):
     assert samples_of(out) == [BPE_TEXT, BPE_TEXT[len("hello"):]]
 
 
-@needs_tiktoken
+@needs_gpt2_bpe
 @pytest.mark.parametrize("stream", [True, False])
 def test_multibyte_characters_stream_whole(bpe_ckpt, stream):
     """12 tokens after 'hello' end right after 日: the stream must show 日 and 本, never U+FFFD,

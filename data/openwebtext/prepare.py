@@ -30,7 +30,8 @@ from tqdm import tqdm
 DATASET_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for textdata.py
 
-from textdata import META_VERSION, Tokenizer, dtype_for_vocab, write_meta  # noqa: E402
+from configurator import make_folder  # noqa: E402
+from textdata import META_VERSION, Tokenizer, dtype_for_vocab, hub_reachable, write_meta  # noqa: E402
 
 # How datasets' load_dataset reads each kind of local file, and the keyword arguments it needs.
 LOADERS = {
@@ -61,14 +62,18 @@ def parse_args(argv=None):
     return args
 
 
-def load_corpus(args):
-    """The documents as a datasets.Dataset with a text column; returns (dataset, text_column, source)."""
+def load_corpus(args, offline=False):
+    """The documents as a datasets.Dataset with a text column; returns (dataset, text_column, source).
+    offline=True: the hub can't be reached, so only the local cache is read."""
     from datasets import load_dataset
 
     if args.files is None:
         try:
             dataset = load_dataset(args.dataset, split=args.split, num_proc=args.num_proc)
         except Exception as e:  # offline, unknown name, gated dataset, missing split, ...
+            if offline:
+                raise SystemExit(f"error: {args.dataset!r} is not in the local Hugging Face cache and "
+                                 f"the hub can't be reached (offline?); use local files: --files=GLOB")
             reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
             raise SystemExit(f"error: could not load {args.dataset!r} (split {args.split!r}) from the Hugging Face "
                              f"hub ({type(e).__name__}: {reason}). Offline? use local files: --files=GLOB")
@@ -129,11 +134,19 @@ def main(argv=None):
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}")
     dtype = dtype_for_vocab(tokenizer.vocab_size)
-    os.makedirs(args.out_dir, exist_ok=True)
+    try:
+        make_folder(args.out_dir, "out_dir")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    # Offline, the hub client retries for ~25 s before failing; read the local cache only instead
+    # (huggingface_hub reads HF_HUB_OFFLINE when it is imported, so set it before datasets is).
+    offline = args.files is None and not hub_reachable()
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
     from datasets import Features, List, Value
 
-    dataset, text_column, source = load_corpus(args)
+    dataset, text_column, source = load_corpus(args, offline)
     if text_column not in dataset.column_names:
         raise SystemExit(f"error: no column {text_column!r}; the columns are {dataset.column_names}; "
                          f"pass --text_column=NAME")

@@ -1,0 +1,123 @@
+"""
+Every command line the README and the scripts' docstrings show must work as printed: the script
+exists, its config files exist, every --key is a setting of that script with a value of the right
+type. Checked in a dry mode (NANOGPT_DRY_RUN=1: configurator.py validates the command line, prints
+the settings and exits), so nothing is trained or downloaded. ~5 s.
+
+    python -m pytest tests/test_usage.py -v
+"""
+
+import ast
+import contextlib
+import io
+import re
+import runpy
+import shlex
+import sys
+
+import pytest
+
+from conftest import REPO
+
+CONFIGURED = {"train.py", "sample.py", "bench.py", "export.py"}  # scripts that use configurator.py
+ARGPARSE = {"plot.py"}  # and data/*/prepare.py
+
+
+def docstring_lines(path):
+    """The module docstring of `path` as written in the source (escapes such as \\n kept)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    node = tree.body[0] if tree.body and isinstance(tree.body[0], ast.Expr) else None
+    if node is None or not isinstance(node.value, ast.Constant):
+        return []
+    source = path.read_text(encoding="utf-8").splitlines()
+    return source[node.lineno - 1:node.end_lineno]
+
+
+def readme_code_lines():
+    lines, inside = [], False
+    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif inside:
+            lines.append(line)
+    return lines
+
+
+def command_lines(lines):
+    """The `python ...` / `torchrun ...` lines among `lines`, without a trailing '# comment'."""
+    found = []
+    for line in lines:
+        line = line.strip()
+        line = re.sub(r"^[A-Z_]+=\S+\s+", "", line)  # e.g. NCCL_IB_DISABLE=1 python ...
+        if line.startswith(("python ", "torchrun ")) and not line.startswith("python -m"):
+            found.append(line)
+    return found
+
+
+def all_commands():
+    sources = {"README.md": command_lines(readme_code_lines())}
+    scripts = sorted(REPO.glob("*.py")) + sorted(REPO.glob("data/*/prepare.py"))
+    for path in scripts:
+        sources[str(path.relative_to(REPO))] = command_lines(docstring_lines(path))
+    return [(where, line) for where, lines in sources.items() for line in lines]
+
+
+COMMANDS = all_commands()
+
+
+def split_command(line):
+    """(script, args) of a command line; torchrun's own options are dropped."""
+    tokens = shlex.split(line, comments=True)
+    tokens = tokens[1:]  # python / torchrun
+    while tokens and not tokens[0].endswith(".py"):
+        tokens = tokens[1:]  # torchrun's --nproc_per_node=... etc.
+    assert tokens, f"no script in {line!r}"
+    script, args = tokens[0], tokens[1:]
+    args = [a.strip("[]") for a in args if a.strip("[]") not in ("...", "")]
+    return script, args
+
+
+def test_found_the_command_lines():
+    # a sanity check on the extraction itself: the quick start and a docstring line are in it
+    lines = [line for _, line in COMMANDS]
+    assert "python train.py config/train_don_char.py config/cpu_small.py" in lines
+    assert any(where == "sample.py" for where, _ in COMMANDS)
+    assert len(COMMANDS) > 40, len(COMMANDS)
+
+
+@pytest.mark.parametrize("where,line", COMMANDS, ids=[f"{w}: {l[:60]}" for w, l in COMMANDS])
+def test_command_line_works_as_printed(where, line, monkeypatch, tmp_path):
+    script, args = split_command(line)
+    path = REPO / script
+    assert path.is_file(), f"{where}: {line!r} runs {script}, which does not exist"
+    name = path.name if path.parent == REPO else "prepare.py"
+    monkeypatch.chdir(REPO)  # as printed: from the repo root
+    out = io.StringIO()
+    if name in CONFIGURED:
+        monkeypatch.setenv("NANOGPT_DRY_RUN", "1")
+        monkeypatch.setattr(sys, "argv", [str(path), *args])
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), \
+                pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(path), run_name="__main__")
+        assert exit_info.value.code in (0, None), f"{where}: {line!r}\n{out.getvalue()}"
+        assert "dry run: the settings are valid" in out.getvalue()
+    else:
+        assert name in ARGPARSE or name == "prepare.py", f"{where}: don't know how to check {script}"
+        monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            runpy.run_path(str(path), run_name="__main__")
+        options = [a.split("=")[0] for a in args if a.startswith("--")]
+        for option in options:
+            assert re.search(rf"{re.escape(option)}\b", out.getvalue()), \
+                f"{where}: {line!r}: {script} has no option {option}\n{out.getvalue()}"
+
+
+def test_dry_run_catches_a_wrong_line(monkeypatch):
+    """The check above can fail: a misspelt key and a config file that doesn't exist."""
+    for args in (["config/train_don_char.py", "--lerning_rate=1e-3"], ["config/cpu.py"]):
+        monkeypatch.setenv("NANOGPT_DRY_RUN", "1")
+        monkeypatch.setattr(sys, "argv", [str(REPO / "train.py"), *args])
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), \
+                pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+        assert exit_info.value.code not in (0, None), args
