@@ -121,3 +121,36 @@ def test_dry_run_catches_a_wrong_line(monkeypatch):
                 pytest.raises(SystemExit) as exit_info:
             runpy.run_path(str(REPO / "train.py"), run_name="__main__")
         assert exit_info.value.code not in (0, None), args
+
+
+def test_coming_from_another_fork_mappings(monkeypatch, tmp_path):
+    """The README's "Coming from another nanoGPT fork" table, checked: Hydra-style launch lines,
+    --dataset as a path, a prepare script run from data/, model.predict's equivalent."""
+    import torch
+    from model import GPT, GPTConfig
+
+    out = io.StringIO()
+    monkeypatch.setenv("NANOGPT_DRY_RUN", "1")
+    monkeypatch.setattr(sys, "argv", [str(REPO / "train.py"), "--config-path=config",
+                                      "--config-name=finetune_shakespeare", f"--dataset={tmp_path}"])
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), pytest.raises(SystemExit) as e:
+        runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+    assert e.value.code in (0, None), out.getvalue()
+    assert "init_from = 'gpt2-xl'" in out.getvalue() and f"dataset = {str(tmp_path)!r}" in out.getvalue()
+
+    # cd data; python openwebtext/prepare.py --help: the script finds the repo's modules from there
+    monkeypatch.chdir(REPO / "data")
+    monkeypatch.setattr(sys, "argv", ["openwebtext/prepare.py", "--help"])
+    with contextlib.redirect_stdout(io.StringIO()) as help_text, pytest.raises(SystemExit):
+        runpy.run_path("openwebtext/prepare.py", run_name="__main__")
+    assert "--files" in help_text.getvalue()
+
+    # model.predict(idx) == every position's logits, the same as the training forward computes
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11)).eval()
+    idx = torch.randint(11, (2, 8))
+    every, _ = model(idx, all_logits=True)
+    with_targets, _ = model(idx, idx)
+    assert every.shape == (2, 8, 11)
+    torch.testing.assert_close(every, with_targets)
+    torch.testing.assert_close(model(idx)[0], every[:, -1:, :])
