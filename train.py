@@ -104,6 +104,36 @@ if checkpoint_interval < 0 or max_iters < 0:
     fail(f"checkpoint_interval={checkpoint_interval} and max_iters={max_iters} can't be negative")
 if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     fail(f"--out_dir={out_dir} is a file, not a folder; pass another --out_dir")
+
+# ----------------------------------------------------------------------------- data files
+# checked before any process group or device is set up: a mistake here is one line, at once
+# a name under data/ (nanoGPT's way), else a folder path (relative to here, or absolute)
+data_dir = os.path.join(REPO, 'data', dataset)
+if not os.path.isdir(data_dir) and os.path.isdir(dataset):
+    data_dir = dataset
+prepare = os.path.join('data', dataset, 'prepare.py')
+has_prepare = os.path.isfile(os.path.join(REPO, prepare))
+if os.path.isfile(dataset):
+    fail(f"--dataset={dataset} is a file; --dataset takes a prepared folder (train.bin, val.bin) "
+         f"or a name under data/. For a text file: python data/don_char/prepare.py "
+         f"--input={dataset}, then --dataset=don_char")
+for split in ('train', 'val'):
+    if not os.path.isfile(os.path.join(data_dir, f'{split}.bin')):
+        fail(f"dataset {dataset!r} has no {split}.bin in {data_dir}; " +
+             (f"run: python {prepare}" if has_prepare else
+              "prepare it first (ls data/ lists the datasets that ship a prepare.py)"))
+try:
+    meta = load_meta(data_dir)
+except ValueError as e:
+    fail(e)
+token_dtype = np.dtype(meta['dtype'] if meta else 'uint16')
+try:
+    split_tokens = {split: count_tokens(os.path.join(data_dir, f'{split}.bin'), token_dtype)
+                    for split in ('train', 'val')}
+except ValueError as e:
+    fail(f"{e}" + (f": python {prepare}" if has_prepare else " with the script that made it"))
+
+# ----------------------------------------------------------------------------- processes, device, dtype
 ddp = int(os.environ.get('RANK', -1)) != -1
 try:
     device = pick_device(device)
@@ -148,33 +178,7 @@ if device_type == 'cuda':
     torch.backends.cudnn.allow_tf32 = True
 ctx = autocast_context(device_type, dtype)
 
-# ----------------------------------------------------------------------------- data
-# a name under data/ (nanoGPT's way), else a folder path (relative to here, or absolute)
-data_dir = os.path.join(REPO, 'data', dataset)
-if not os.path.isdir(data_dir) and os.path.isdir(dataset):
-    data_dir = dataset
-prepare = os.path.join('data', dataset, 'prepare.py')
-has_prepare = os.path.isfile(os.path.join(REPO, prepare))
-if os.path.isfile(dataset):
-    fail(f"--dataset={dataset} is a file; --dataset takes a prepared folder (train.bin, val.bin) "
-         f"or a name under data/. For a text file: python data/don_char/prepare.py "
-         f"--input={dataset}, then --dataset=don_char")
-for split in ('train', 'val'):
-    if not os.path.isfile(os.path.join(data_dir, f'{split}.bin')):
-        fail(f"dataset {dataset!r} has no {split}.bin in {data_dir}; " +
-             (f"run: python {prepare}" if has_prepare else
-              "prepare it first (ls data/ lists the datasets that ship a prepare.py)"))
-try:
-    meta = load_meta(data_dir)
-except ValueError as e:
-    fail(e)
-token_dtype = np.dtype(meta['dtype'] if meta else 'uint16')
-try:
-    split_tokens = {split: count_tokens(os.path.join(data_dir, f'{split}.bin'), token_dtype)
-                    for split in ('train', 'val')}
-except ValueError as e:
-    fail(f"{e}" + (f": python {prepare}" if has_prepare else " with the script that made it"))
-
+# ----------------------------------------------------------------------------- batches
 
 def get_batch(split, generator=None, offsets=None):
     """batch_size windows of block_size + 1 tokens (random, or starting at `offsets`): inputs

@@ -11,7 +11,6 @@ error under torchrun, an out_dir that holds another run.
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -122,14 +121,12 @@ def test_gpt2_weights_offline_fail_at_once(char_dataset, tmp_path, script):
         shutil.copytree(char_dataset, tmp_path / "bpe")
         (tmp_path / "bpe" / "meta.json").unlink()
         args = train_args(tmp_path / "bpe", tmp_path / "out", "--init_from=gpt2-xl")
-    start = time.time()
     result = run_script(script, *args, cwd=tmp_path, env=offline_env(tmp_path))
-    elapsed = time.time() - start
     message = one_line_error(result)
     assert "not in the local Hugging Face cache and the hub can't be reached" in message
     assert "--init_from=/path/to/dir" in message
-    assert "Retrying" not in result.stderr + result.stdout  # the hub client's retry warnings
-    assert elapsed < 20, f"{elapsed:.0f} s: the hub client's retries (~25 s) were not skipped"
+    # the hub client's retries (~25 s, one warning each) are skipped, not waited out
+    assert "Retrying" not in result.stderr + result.stdout
 
 
 def test_openwebtext_offline_fails_at_once(tmp_path):
