@@ -129,14 +129,18 @@ def print_help(script, keys, namespace):
             if m and m.group(1) in keys and m.group(1) not in comments:
                 comments[m.group(1)] = m.group(3) or ""
     name = os.path.basename(script or "script.py")
-    print(f"usage: python {name} [config_file ...] [--key=value ...]\n")
-    print("Config files (config/*.py) are plain assignments, applied in order; --key=value after.")
-    print("Settings and their defaults:")
-    width = max(len(k) for k in keys)
-    for k in keys:
-        default = repr(namespace[k])
-        comment = comments.get(k, "")
-        print(f"  --{k:<{width}} = {default:<14}" + (f"  # {comment}" if comment else ""))
+    try:
+        print(f"usage: python {name} [config_file ...] [--key=value ...]\n")
+        print("Config files (config/*.py) are plain assignments, applied in order; --key=value after.")
+        print("Settings and their defaults:")
+        width = max(len(k) for k in keys)
+        for k in keys:
+            default = repr(namespace[k])
+            comment = comments.get(k, "")
+            print(f"  --{k:<{width}} = {default:<14}" + (f"  # {comment}" if comment else ""))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `--help | head` stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second one at exit
     sys.exit(0)
 
 

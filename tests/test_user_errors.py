@@ -8,6 +8,7 @@ error under torchrun, an out_dir that holds another run.
     python -m pytest tests/test_user_errors.py -q
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -200,3 +201,16 @@ def test_error_under_torchrun_printed_once(cut_dataset, char_dataset, tmp_path, 
     assert 'train.py", line' not in output, output[-3000:]
     # every rank stopped: each exited non-zero by itself, or was stopped by torchrun after rank 0
     assert "rank      : 1" in output or "local_rank: 1" in output, output[-3000:]
+
+
+def test_help_into_a_closed_pipe(tmp_path):
+    """`python train.py --help | head -3`: the reader stops early; no BrokenPipeError page.
+    Here the reader is gone before the first write, the worst case of the same thing."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], cwd=tmp_path,
+                              env=script_env(), stdout=write_end, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode()[-2000:]
