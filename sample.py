@@ -248,3 +248,5 @@ else:
         run_once()
     except ValueError as e:  # e.g. characters the vocabulary doesn't have
         fail(e)
+    except BrokenPipeError:  # `python sample.py ... | head` stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second one at exit

@@ -214,3 +214,19 @@ def test_help_into_a_closed_pipe(tmp_path):
     finally:
         os.close(write_end)
     assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode()[-2000:]
+
+
+def test_sample_into_a_closed_pipe(trained_run, tmp_path):
+    """`python sample.py ... | head`: streaming or not, a reader that stops is not an error."""
+    out_dir, _ = trained_run
+    for num_samples in ("1", "2"):  # 1 streams, 2 prints at the end
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            proc = subprocess.run([sys.executable, str(REPO / "sample.py"), f"--out_dir={out_dir}",
+                                   "--device=cpu", f"--num_samples={num_samples}",
+                                   "--max_new_tokens=50"], cwd=tmp_path, env=script_env(),
+                                  stdout=write_end, stderr=subprocess.PIPE, timeout=120)
+        finally:
+            os.close(write_end)
+        assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode()[-2000:]
