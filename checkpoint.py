@@ -70,9 +70,20 @@ def remove_stale_temp_files(folder):
     return removed
 
 
+def missing_checkpoint_message(path):
+    """'no checkpoint at PATH' with what to do: the checkpoints its folder does have, if any."""
+    folder = os.path.dirname(path) or "."
+    others = sorted(f for f in os.listdir(folder) if f.endswith(".pt")
+                    and os.path.isfile(os.path.join(folder, f))) if os.path.isdir(folder) else []
+    hint = (f"{folder} has {', '.join(others)}: pick one with --checkpoint_name / "
+            f"--resume_checkpoint_name" if others else
+            "train a model first (python train.py ...) or point --out_dir at its folder")
+    return f"no checkpoint at {path}; {hint}"
+
+
 def load_checkpoint(path, device="cpu"):
     if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(missing_checkpoint_message(path))
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")

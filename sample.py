@@ -86,13 +86,6 @@ ctx = autocast_context(device_type, dtype)
 meta = None
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, resolve_name(checkpoint_name))
-    if not os.path.isfile(ckpt_path):
-        others = sorted(f for f in os.listdir(out_dir)
-                        if f.endswith('.pt') and os.path.isfile(os.path.join(out_dir, f))) \
-            if os.path.isdir(out_dir) else []
-        hint = (f"it has {', '.join(others)}: pass --checkpoint_name={others[0]}" if others else
-                "train a model first (python train.py ...) or point --out_dir at its folder")
-        fail(f"no checkpoint {ckpt_path}; {hint}")
     try:
         checkpoint = load_checkpoint(ckpt_path, device)
         model = model_from_checkpoint(checkpoint, dropout=0.0)
@@ -131,8 +124,13 @@ def read_prompt(text):
     path = text[len('FILE:'):]
     for candidate in (path, os.path.join(REPO, 'prompt', path), os.path.join(REPO, path)):
         if os.path.isfile(candidate):
-            with open(candidate, 'r', encoding='utf-8') as f:
-                return f.read()
+            with open(candidate, 'rb') as f:
+                raw = f.read()
+            try:
+                return raw.decode('utf-8')
+            except UnicodeDecodeError as e:
+                fail(f"prompt file {candidate} is not valid UTF-8 (byte {e.start}: {e.reason}); "
+                     f"re-save it as UTF-8")
     fail(f"prompt file {path!r} not found (looked here and in {os.path.join(REPO, 'prompt')})")
 
 

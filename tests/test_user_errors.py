@@ -97,13 +97,31 @@ def test_plot_out_under_a_file(trained_run, tmp_path):
     assert "is a file, not a folder" in result.stderr
 
 
-def test_sample_hint_lists_only_checkpoint_files(trained_run, tmp_path):
-    """A folder named like a checkpoint is not offered as one."""
+def test_missing_checkpoint_names_the_ones_there(trained_run, tmp_path):
+    """sample.py and train.py --init_from=resume: a checkpoint name that isn't there gets the
+    list of those that are (a folder named like one is not offered)."""
     out_dir = tmp_path / "run"
-    out_dir.mkdir()
+    shutil.copytree(trained_run[0], out_dir)
     (out_dir / "old.pt").mkdir()
-    message = one_line_error(run_script("sample.py", f"--out_dir={out_dir}", "--device=cpu", cwd=tmp_path))
-    assert "no checkpoint" in message and "old.pt" not in message
+    message = one_line_error(run_script("sample.py", f"--out_dir={out_dir}", "--device=cpu",
+                                        "--checkpoint_name=best", cwd=tmp_path))
+    assert message.startswith(f"error: no checkpoint at {out_dir / 'best.pt'}; ")
+    assert "has ckpt.pt, last.pt: pick one" in message and "old.pt" not in message
+    dataset = [a for a in trained_run[1].args if str(a).startswith("--dataset=")][0]
+    message = one_line_error(run_script("train.py", dataset, f"--out_dir={out_dir}", "--device=cpu",
+                                        "--dtype=float32", "--init_from=resume", "--resume_checkpoint_name=best",
+                                        cwd=tmp_path))
+    assert "has ckpt.pt, last.pt: pick one" in message
+    message = one_line_error(run_script("sample.py", f"--out_dir={tmp_path / 'nowhere'}",
+                                        "--device=cpu", cwd=tmp_path))
+    assert "train a model first" in message
+
+
+def test_prompt_file_not_utf8(trained_run, tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("Se\xf1or".encode("latin-1"))
+    message = one_line_error(run_script("sample.py", f"--out_dir={trained_run[0]}", "--device=cpu",
+                                        "--start=FILE:latin1.txt", cwd=tmp_path))
+    assert "latin1.txt is not valid UTF-8 (byte 2" in message and "re-save it as UTF-8" in message
 
 
 # ----------------------------------------------------------------------------- offline hub
