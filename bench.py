@@ -94,10 +94,13 @@ class Runner:
 
     def __init__(self, s, label):
         self.s, self.label = s, label
-        self.device = pick_device(s['device'])
-        self.device_type = 'cuda' if 'cuda' in self.device else self.device
-        self.dtype = pick_dtype(s['dtype'], self.device_type, quiet=True,
-                                training=s['mode'] == 'train')
+        try:
+            self.device = pick_device(s['device'])
+            self.device_type = 'cuda' if 'cuda' in self.device else self.device
+            self.dtype = pick_dtype(s['dtype'], self.device_type, quiet=True,
+                                    training=s['mode'] == 'train')
+        except ValueError as e:
+            sys.exit(f"error: {e}")
         self.ctx = autocast_context(self.device_type, self.dtype)
         torch.manual_seed(s['seed'])
         self.generator = torch.Generator().manual_seed(s['seed'])

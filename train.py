@@ -161,7 +161,10 @@ if ddp:
 else:
     ddp_rank, ddp_world_size, master_process, seed_offset = 0, 1, True, 0
 
-dtype = pick_dtype(dtype, device_type, quiet=not master_process)
+try:
+    dtype = pick_dtype(dtype, device_type, quiet=not master_process)
+except ValueError as e:
+    fail(e)
 if master_process:
     print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es)")
     try:

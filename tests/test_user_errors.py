@@ -248,3 +248,13 @@ def test_sample_into_a_closed_pipe(trained_run, tmp_path):
         finally:
             os.close(write_end)
         assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize("script", ["train.py", "bench.py", "sample.py"])
+def test_unknown_dtype_is_one_line(trained_run, char_dataset, tmp_path, script):
+    args = {"train.py": train_args(char_dataset, tmp_path / "out"),
+            "bench.py": ["--device=cpu", "--quick=True"],
+            "sample.py": [f"--out_dir={trained_run[0]}", "--device=cpu"]}[script]
+    result = run_script(script, *args, "--dtype=fp32", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "dtype must be auto, float32, bfloat16 or float16, got 'fp32'" in result.stderr
