@@ -84,6 +84,9 @@ peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul 
 from configurator import configure, is_main_process, make_folder  # noqa: E402  (after the defaults)
 
 config = configure(globals())
+# a block_size set by the user (not the default 1024 above) that is longer than a resumed or
+# GPT-2 model's grows the model's context; the default keeps the model's own
+block_size_given = block_size != 1024 or any(a.startswith('--block_size=') for a in sys.argv[1:])
 
 from checkpoint import CheckpointError, fit_optimizer_state, load_checkpoint, model_from_checkpoint, \
     peek_checkpoint, remove_stale_temp_files, resolve_name, save_checkpoint  # noqa: E402
@@ -245,6 +248,13 @@ if vocab_size is not None and vocab_size > model.config.vocab_size:
     fail(f"dataset vocabulary ({vocab_size}) is larger than the model's ({model.config.vocab_size})")
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)  # e.g. GPT-2's 1024 positions cut down to 256
+elif block_size > model.config.block_size and not block_size_given:
+    # block_size left at its default: a resumed or GPT-2 model keeps its own context length
+    if master_process:
+        note(f"block_size={block_size} (the default) is more than the model's "
+             f"{model.config.block_size} positions: training with block_size="
+             f"{model.config.block_size}; pass --block_size to train at a longer context")
+    block_size = model.config.block_size
 elif block_size > model.config.block_size:
     if master_process and model.config.pos_emb == 'learned':
         note(f"block_size={block_size} is more than the model's {model.config.block_size} learned "
