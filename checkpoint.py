@@ -135,6 +135,25 @@ def clean_state_dict(state):
     return out
 
 
+def fit_optimizer_state(opt_state, optimizer):
+    """Fit a saved optimizer state (in place) to `optimizer`'s parameters when a parameter's
+    first dimension changed since the save: wpe after resuming at another block_size. Rows
+    that are new get zero Adam moments, the state of a parameter that was never updated;
+    rows that are gone are dropped."""
+    saved_ids = [i for group in opt_state["param_groups"] for i in group["params"]]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in zip(saved_ids, params):
+        for key, t in opt_state["state"].get(i, {}).items():
+            if not torch.is_tensor(t) or t.dim() != p.dim() or t.shape == p.shape \
+                    or t.shape[1:] != p.shape[1:]:
+                continue  # the step count, or a state that already fits
+            if t.size(0) > p.size(0):
+                opt_state["state"][i][key] = t[:p.size(0)].clone()
+            else:
+                pad = t.new_zeros((p.size(0) - t.size(0), *t.shape[1:]))
+                opt_state["state"][i][key] = torch.cat([t, pad])  # (rows of p, ...)
+
+
 def model_from_checkpoint(ckpt, dropout=None, path="the checkpoint"):
     """Build the GPT a checkpoint describes and load its weights (strict)."""
     try:

@@ -5,6 +5,8 @@ What it is: learned token + position embeddings, a stack of pre-LayerNorm transf
 (causal self-attention, GELU MLP), a final LayerNorm and a language-model head tied to the token
 embedding. Parameter names are GPT-2's (`wte`, `wpe`, `c_attn`, `c_proj`, `ln_f`, `lm_head`), so
 Hugging Face weights load with a near one-to-one copy and nanoGPT checkpoints load unchanged.
+Attention variants (GPTConfig: pos_emb, n_kv_head, attn_window/window_pattern, kv_share) are
+fields whose defaults are exactly that GPT-2 attention.
 
 What it is not: a tokenizer, a training loop or a sampler UI (see train.py and sample.py).
 
@@ -36,12 +38,50 @@ class GPTConfig:
     dropout: float = 0.0     # on embeddings, attention weights and residual branches (training only)
     bias: bool = True        # biases in Linear and LayerNorm layers, like GPT-2; False is a bit faster
     gelu: str = "exact"      # 'exact' (erf, nanoGPT) or 'tanh' (GPT-2/Hugging Face 'gelu_new')
+    # attention variants; every default is GPT-2's attention exactly (README: Attention variants)
+    pos_emb: str = "learned"  # 'learned' (table wpe), 'rope' (rotary q and k) or 'none'
+    rope_theta: float = 10000.0  # rotary base: the slowest pair turns once per ~2*pi*theta tokens
+    n_kv_head: int = 0       # key/value heads (0 = n_head; 1 = multi-query); must divide n_head
+    attn_window: int = 0     # tokens a windowed layer sees, itself included (0 = full causal)
+    window_pattern: str = "" # 'S' windowed / 'L' full per layer, repeated ('' = all windowed)
+    kv_share: int = 1        # this many neighbouring layers share one set of keys/values
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.gelu not in ("exact", "tanh"):
             raise ValueError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
+        if self.pos_emb not in ("learned", "rope", "none"):
+            raise ValueError(f"pos_emb must be 'learned', 'rope' or 'none', got {self.pos_emb!r}")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"pos_emb='rope' needs an even head size, got n_embd/n_head="
+                             f"{self.n_embd // self.n_head}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+        if self.n_kv_head < 0 or self.n_head % self.kv_heads != 0:
+            raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} "
+                             f"(0 = n_head, 1 = multi-query)")
+        if self.attn_window < 0:
+            raise ValueError(f"attn_window must be >= 0 (0 = full causal), got {self.attn_window}")
+        if self.window_pattern.strip("SL") or (self.window_pattern and self.attn_window == 0):
+            raise ValueError(f"window_pattern={self.window_pattern!r} must be letters S (windowed) "
+                             f"and L (full), with attn_window > 0 (now {self.attn_window})")
+        if not 1 <= self.kv_share <= self.n_layer:
+            raise ValueError(f"kv_share must be in [1, n_layer={self.n_layer}], got {self.kv_share}")
+
+    @property
+    def kv_heads(self):
+        return self.n_kv_head or self.n_head
+
+    @property
+    def kv_groups(self):
+        """How many sets of keys/values the model computes (and a KVCache holds)."""
+        return -(-self.n_layer // self.kv_share)
+
+    def layer_window(self, layer):
+        """The attention window of one layer in tokens, 0 = full causal."""
+        pattern = self.window_pattern or "S"
+        return self.attn_window if pattern[layer % len(pattern)] == "S" else 0
 
     def to_model_args(self):
         """nanoGPT's seven keys, plus any other field only when it differs from its default."""
@@ -57,15 +97,16 @@ class KVCache:
     Keys and values of every layer for a batch being decoded, preallocated for `max_len` positions
     so a decode step writes in place instead of concatenating.
 
-    Buffers are (n_layer, B, n_kv_head, max_len, head_dim); n_kv_head is where grouped-query
-    attention will shrink them. `length` is how many positions are filled (the same for every
-    row). Rows with shorter prompts are left-padded: `pad[b]` pad slots lead row b, and they are
-    masked out of attention and skipped by the position count. A sliding window or rotary
-    positions only change which slots are kept and which positions are handed out.
+    Buffers are (n_sets, B, n_kv_head, max_len, head_dim): one set per kv_share group of
+    layers (n_layer by default) of n_kv_head heads (n_head by default). `length` is how many
+    positions are filled (the same for every row). Rows with shorter prompts are left-padded:
+    `pad[b]` pad slots lead row b, and they are masked out of attention and skipped by the
+    position count. Keys are stored after the rotary turn; a windowed layer masks the slots
+    older than its window (attn_mask) but they stay stored: inside block_size nothing is evicted.
     """
 
-    def __init__(self, n_layer, batch_size, n_kv_head, max_len, head_dim):
-        self.shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+    def __init__(self, n_sets, batch_size, n_kv_head, max_len, head_dim):
+        self.shape = (n_sets, batch_size, n_kv_head, max_len, head_dim)
         self.max_len = max_len
         self.k = self.v = None   # allocated on first write, in the dtype autocast produces
         self.reset()
@@ -94,15 +135,18 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def attn_mask(self, T, device):
-        """Boolean mask (True = may attend) for T new queries, or None when plain causal works."""
+    def attn_mask(self, T, device, window=0):
+        """Boolean mask (True = may attend) for T new queries, or None when plain causal works.
+        window > 0 also hides keys `window` or more slots older than the query (slots and
+        positions differ only by a row's leading pads, so slot distance is token distance)."""
         S = self.length + T
-        if self.pad is None and (T == 1 or self.length == 0):
+        banded = 0 < window < S  # otherwise no query is old enough to lose a key
+        if self.pad is None and not banded and (T == 1 or self.length == 0):
             return None  # decode step sees everything; fresh prefill is plain causal
-        q_pos = torch.arange(self.length, S, device=device)[:, None]  # (T, 1)
-        k_pos = torch.arange(S, device=device)[None, :]               # (1, S)
-        mask = k_pos <= q_pos                                         # (T, S) causal
+        mask = causal_mask(self.length, S, window, device)           # (T, S)
         if self.pad is not None:
+            k_pos = torch.arange(S, device=device)[None, :]               # (1, S)
+            q_pos = torch.arange(self.length, S, device=device)[:, None]  # (T, 1)
             real_key = k_pos[None] >= self.pad[:, None, None]         # (B, 1, S)
             # a pad query may see itself, so no row of the softmax is empty (its output is unused)
             mask = mask[None] & (real_key | (k_pos == q_pos)[None])    # (B, T, S)
@@ -156,61 +200,106 @@ class Dropout(nn.Dropout):
 
 
 class CausalSelfAttention(nn.Module):
+    """
+    Causal self-attention of one layer. With the defaults it is GPT-2's: c_attn projects to
+    q, k, v of n_head heads each. Variants (GPTConfig): n_kv_head < n_head shrinks k and v to
+    fewer heads, each shared by n_head / n_kv_head query heads; rotary positions turn q and k;
+    a window hides keys older than attn_window tokens; with kv_share > 1 only the first layer of
+    a group projects k and v (c_attn), the others project q alone (c_q) and reuse the group's.
+    """
 
     fast_cpu = True  # False = torch's fused kernel on CPUs too (nanoGPT's path)
 
-    def __init__(self, config):
+    def __init__(self, config, layer=0):
         super().__init__()
         self.n_head = config.n_head
+        self.n_kv_head = config.kv_heads
         self.n_embd = config.n_embd
+        self.head_dim = config.n_embd // config.n_head
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.window = config.layer_window(layer)
+        self.owns_kv = layer % config.kv_share == 0
+        self.kv_slot = layer // config.kv_share  # which K/V set (of a KVCache too) this layer uses
+        # GPT-2's layout, for which the fast batched-matmul path below is written
+        self.gpt2_layout = (self.n_kv_head == self.n_head and config.pos_emb != "rope"
+                            and self.window == 0 and config.kv_share == 1)
+        if self.owns_kv:  # q, k, v at once: n_embd + 2 * n_kv_head * head_dim outputs
+            kv_dim = self.n_kv_head * self.head_dim
+            self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
+        else:
+            self.c_q = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = Dropout(config.dropout)
         self.resid_dropout = Dropout(config.dropout)
         # fused kernel (flash / memory-efficient) when torch has it; tests flip this to compare
         self.flash = hasattr(F, "scaled_dot_product_attention")
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None, rope=None, shared_kv=None):
+        """x (B, T, C) -> (y (B, T, C), (k, v)): the keys and values this layer attended to,
+        (B, n_kv_head, S, hd), for the next layers of its kv_share group. `rope` is
+        (cos, sin) from rope_angles; `shared_kv` the group's (k, v) when this layer has no c_attn."""
         B, T, C = x.size()
-        nh, hd = self.n_head, C // self.n_head
-        qkv = self.c_attn(x)  # (B, T, 3C)
+        nh, hd = self.n_head, self.head_dim
+        qkv = self.c_attn(x) if self.owns_kv else self.c_q(x)  # (B, T, C + 2 * n_kv_head * hd)
         dropout_p = self.dropout if self.training else 0.0
         # On a CPU, torch's fused kernel has no dropout (it falls back to an fp32 math path) and
         # its bf16 backward is slow (4.5x its fp32 one at the seeds' CPU shape, torch 2.13), so
         # those cases take the batched-matmul path below, which measured faster in both.
         fused = self.flash and not (self.fast_cpu and x.device.type == "cpu"
                                     and (dropout_p > 0 or qkv.dtype == torch.bfloat16))
-        if cache is None and not fused:
+        if cache is None and not fused and self.gpt2_layout:
             # one copy lays out every head's q, k and v contiguously: (3, B*nh, T, hd)
             q, k, v = qkv.view(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4).reshape(3, B * nh, T, hd).unbind(0)
             y = self._attend_unfused(q, k, v, causal_bias(T, q.dtype, q.device))
+            y = y.view(B, nh, T, hd).transpose(1, 2).reshape(B, T, C)  # heads side by side again
+            return self.resid_dropout(self.c_proj(y)), None
+        q, k, v = self._split_heads(qkv, rope)  # q (B, nh, T, hd); k, v (B, n_kv_head, T, hd) or None
+        if not self.owns_kv:
+            k, v = shared_kv  # already written to the cache by the group's first layer
+        elif cache is not None:
+            k, v = cache.write(self.kv_slot, k, v)  # (B, n_kv_head, S, hd), S = cached + T
+        kv = (k, v)
+        if cache is None:
+            mask = causal_mask(0, T, self.window, x.device) if 0 < self.window < T else None
         else:
-            q, k, v = (t.view(B, T, nh, hd).transpose(1, 2) for t in qkv.split(C, dim=2))  # (B, nh, T, hd)
-            if cache is None:
-                mask, is_causal = None, True
+            mask = cache.attn_mask(T, x.device, self.window)
+        is_causal = mask is None and T > 1  # then keys are exactly the T queries
+        k, v = repeat_kv(k, nh), repeat_kv(v, nh)  # (B, nh, S, hd)
+        if fused:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=is_causal)
+        else:
+            S = k.size(2)
+            if is_causal:
+                bias = causal_bias(T, q.dtype, q.device)
+            elif mask is not None:  # (T, S) or (B, 1, T, S), True = may attend
+                bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+                bias = bias.masked_fill_(~mask, float("-inf"))
+                if bias.dim() == 4:
+                    bias = bias.expand(B, nh, T, S).reshape(B * nh, T, S)
             else:
-                mask = cache.attn_mask(T, x.device)
-                is_causal = mask is None and T > 1  # a fresh prefill: keys are exactly the T queries
-                k, v = cache.write(layer, k, v)  # (B, nh, S, hd), S = cached + T
-            if fused:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                                   is_causal=is_causal)
-            else:
-                S = k.size(2)
-                if is_causal:
-                    bias = causal_bias(T, q.dtype, q.device)
-                elif mask is not None:  # (T, S) or (B, 1, T, S), True = may attend
-                    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
-                    bias = bias.masked_fill_(~mask, float("-inf"))
-                    if bias.dim() == 4:
-                        bias = bias.expand(B, nh, T, S).reshape(B * nh, T, S)
-                else:
-                    bias = None
-                y = self._attend_unfused(q.reshape(B * nh, T, hd), k.reshape(B * nh, S, hd),
-                                         v.reshape(B * nh, S, hd), bias)
+                bias = None
+            y = self._attend_unfused(q.reshape(B * nh, T, hd), k.reshape(B * nh, S, hd),
+                                     v.reshape(B * nh, S, hd), bias)
         y = y.view(B, nh, T, hd).transpose(1, 2).reshape(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y)), kv
+
+    def _split_heads(self, qkv, rope):
+        """q (B, nh, T, hd) and, for a layer with c_attn, k and v (B, n_kv_head, T, hd), from
+        the projection's output (B, T, C [+ 2 * n_kv_head * hd]); rotary positions applied."""
+        B, T, _ = qkv.size()
+        C, nkv, hd = self.n_embd, self.n_kv_head, self.head_dim
+        if self.owns_kv:
+            q, k, v = qkv.split([C, nkv * hd, nkv * hd], dim=2)
+            k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+            v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        else:
+            q, k, v = qkv, None, None
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        if rope is not None:
+            q = apply_rope(q, *rope)
+            k = apply_rope(k, *rope) if k is not None else None
+        return q, k, v
 
     def _attend_unfused(self, q, k, v, bias):
         """softmax(q k^T / sqrt(hd) + bias) v, heads batched: q (N, T, hd), k and v (N, S, hd),
@@ -223,6 +312,45 @@ class CausalSelfAttention(nn.Module):
         att = F.softmax(att, dim=-1)  # bf16 input: the CPU kernel still sums in fp32
         att = self.attn_dropout(att)
         return torch.bmm(att, v)  # (N, T, hd)
+
+
+def repeat_kv(x, n_head):
+    """(B, n_kv_head, S, hd) -> (B, n_head, S, hd): kv head g serves query heads
+    g * group .. (g + 1) * group - 1, group = n_head / n_kv_head (a view when group is 1)."""
+    B, nkv, S, hd = x.shape
+    if nkv == n_head:
+        return x
+    return x[:, :, None].expand(B, nkv, n_head // nkv, S, hd).reshape(B, n_head, S, hd)
+
+
+def rope_angles(pos, head_dim, theta):
+    """cos and sin of the rotary angles pos * theta^(-2i/head_dim), i < head_dim/2: (T, hd/2)
+    for pos (T,), or (B, 1, T, hd/2) for pos (B, T), so they broadcast over (B, nh, T, hd/2)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    angles = pos.float()[..., None] * inv_freq  # (T, hd/2) or (B, T, hd/2)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, T, hd/2): the same angles for every head
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each pair (x[i], x[i + hd/2]) of x (B, h, T, hd) by its angle. Pairs are the two
+    halves, not neighbours (Hugging Face Llama/Starcoder2's layout), so a later export needs
+    no reordering of c_attn's rows."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, h, T, hd/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, h, T, hd)
+
+
+def causal_mask(q_start, S, window, device):
+    """(S - q_start, S) boolean mask, True = may attend, for queries at slots q_start..S-1 over
+    keys 0..S-1: query i sees key j when i - window < j <= i (window 0 = no lower limit)."""
+    q_pos = torch.arange(q_start, S, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(S, device=device)[None, :]           # (1, S)
+    mask = k_pos <= q_pos                                     # (T, S)
+    if window > 0:
+        mask = mask & (k_pos > q_pos - window)
+    return mask
 
 
 _CAUSAL_BIAS = {}
@@ -254,17 +382,19 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, layer=0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, cache=None, rope=None, shared_kv=None):
+        """x (B, T, C) -> (x, kv): kv is what the attention attended to (see its forward)."""
+        a, kv = self.attn(self.ln_1(x), cache, rope, shared_kv)
+        x = x + a
         x = x + self.mlp(self.ln_2(x))
-        return x
+        return x, kv
 
 
 class GPT(nn.Module):
@@ -273,11 +403,13 @@ class GPT(nn.Module):
         super().__init__()
         assert config.vocab_size is not None and config.block_size is not None
         self.config = config
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos_emb == "learned":  # rope and none have no position table
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **modules,
             drop=Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -300,7 +432,7 @@ class GPT(nn.Module):
     def get_num_params(self, non_embedding=True):
         """Parameter count; position embeddings are left out by default (token ones are tied)."""
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -316,11 +448,16 @@ class GPT(nn.Module):
         if cache is None or cache.pad is None:
             assert top <= self.config.block_size, \
                 f"sequence of {top} tokens is longer than block_size {self.config.block_size}"
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
-        pos_emb = self.transformer.wpe(pos)  # (T, C) or (B, T, C)
-        x = self.transformer.drop(tok_emb + pos_emb)
-        for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+        cfg = self.config
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if cfg.pos_emb == "learned":
+            x = x + self.transformer.wpe(pos)  # (T, C) or (B, T, C) added
+        rope = rope_angles(pos, cfg.n_embd // cfg.n_head, cfg.rope_theta) \
+            if cfg.pos_emb == "rope" else None
+        x = self.transformer.drop(x)
+        kv = None  # the current kv_share group's keys and values, handed from layer to layer
+        for block in self.transformer.h:
+            x, kv = block(x, cache, rope, kv)
         if cache is not None:
             cache.advance(T)
         x = self.transformer.ln_f(x)
@@ -339,7 +476,27 @@ class GPT(nn.Module):
         assert block_size <= self.config.block_size, \
             f"can only shrink block_size: {block_size} > {self.config.block_size}"
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+            self.transformer.wpe.num_embeddings = block_size
+
+    def extend_block_size(self, block_size, generator=None):
+        """Grow the context (resume or finetune at a longer block_size). Rotary or no positions
+        need nothing; a learned table gets new rows, each the mean of the learned rows plus
+        noise of the init's size (std 0.02). Copies of the last row would make every new
+        position identical, so the model could not tell them apart until training pulled them
+        apart; the mean is a typical position the layers already read sensibly, and the noise
+        breaks the tie. `generator` makes the noise the same on every DDP rank."""
+        old = self.config.block_size
+        assert block_size >= old, f"can only grow block_size: {block_size} < {old}"
+        self.config.block_size = block_size
+        if "wpe" not in self.transformer:
+            return
+        w = self.transformer.wpe.weight.detach()  # (old, C)
+        noise = torch.randn(block_size - old, w.size(1), generator=generator).to(w)
+        new_rows = w.mean(dim=0, keepdim=True) + 0.02 * noise  # (block_size - old, C)
+        self.transformer.wpe.weight = nn.Parameter(torch.cat([w, new_rows]))
+        self.transformer.wpe.num_embeddings = block_size
 
     @classmethod
     def from_pretrained(cls, model_type, override_args=None):
@@ -430,7 +587,8 @@ class GPT(nn.Module):
         cache = None
         if use_cache:
             cfg = self.config
-            cache = KVCache(cfg.n_layer, B, cfg.n_head, window, cfg.n_embd // cfg.n_head)
+            # one K/V set per kv_share group, of n_kv_head heads
+            cache = KVCache(cfg.kv_groups, B, cfg.kv_heads, window, cfg.n_embd // cfg.n_head)
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits = self._full_window_logits(seqs, window, device)

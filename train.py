@@ -51,6 +51,14 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # 0 for pretraining, try 0.1+ for finetuning
 bias = False  # biases in Linear/LayerNorm layers
+# attention variants (README: Attention variants); each default is GPT-2's attention. A resumed
+# or GPT-2 model keeps its own: these only shape a model trained from scratch
+pos_emb = 'learned'  # 'learned' (position table), 'rope' (rotary on q and k) or 'none'
+rope_theta = 10000.0  # rotary base (pos_emb='rope' only)
+n_kv_head = 0  # key/value heads: 0 = n_head, 1 = multi-query; must divide n_head
+attn_window = 0  # tokens a windowed layer sees (0 = full causal attention)
+window_pattern = ''  # per layer, repeated: S = windowed, L = full, e.g. 'SSSL' ('' = all S)
+kv_share = 1  # neighbouring layers that share one set of keys/values (1 = none)
 # AdamW optimizer
 learning_rate = 6e-4  # peak learning rate
 max_iters = 600000  # total optimizer steps
@@ -76,9 +84,12 @@ peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul 
 from configurator import configure, is_main_process, make_folder  # noqa: E402  (after the defaults)
 
 config = configure(globals())
+# a block_size set by the user (not the default 1024 above) that is longer than a resumed or
+# GPT-2 model's grows the model's context; the default keeps the model's own
+block_size_given = block_size != 1024 or any(a.startswith('--block_size=') for a in sys.argv[1:])
 
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, peek_checkpoint, \
-    remove_stale_temp_files, resolve_name, save_checkpoint  # noqa: E402
+from checkpoint import CheckpointError, fit_optimizer_state, load_checkpoint, model_from_checkpoint, \
+    peek_checkpoint, remove_stale_temp_files, resolve_name, save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
 from runtime import autocast_context, measure_peak_flops, note, pick_device, pick_dtype, \
     reuse_freed_memory  # noqa: E402
@@ -205,7 +216,9 @@ if init_from == 'scratch':
     if master_process and vocab_size is None:
         print("no meta.json in the dataset: assuming GPT-2's vocabulary (50304 = 50257 padded)")
     model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                      bias=bias, vocab_size=vocab_size or 50304, dropout=dropout)
+                      bias=bias, vocab_size=vocab_size or 50304, dropout=dropout, pos_emb=pos_emb,
+                      rope_theta=rope_theta, n_kv_head=n_kv_head, attn_window=attn_window,
+                      window_pattern=window_pattern, kv_share=kv_share)
     try:
         model = GPT(GPTConfig(**model_args))
     except ValueError as e:
@@ -238,12 +251,20 @@ if vocab_size is not None and vocab_size > model.config.vocab_size:
     fail(f"dataset vocabulary ({vocab_size}) is larger than the model's ({model.config.vocab_size})")
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)  # e.g. GPT-2's 1024 positions cut down to 256
-elif block_size > model.config.block_size:
-    # learned positions can't grow: train at the model's context length instead
+elif block_size > model.config.block_size and not block_size_given:
+    # block_size left at its default: a resumed or GPT-2 model keeps its own context length
     if master_process:
-        note(f"block_size={block_size} is more than the model's {model.config.block_size} learned "
-             f"positions: training with block_size={model.config.block_size}")
+        note(f"block_size={block_size} (the default) is more than the model's "
+             f"{model.config.block_size} positions: training with block_size="
+             f"{model.config.block_size}; pass --block_size to train at a longer context")
     block_size = model.config.block_size
+elif block_size > model.config.block_size:
+    if master_process and model.config.pos_emb == 'learned':
+        note(f"block_size={block_size} is more than the model's {model.config.block_size} learned "
+             f"positions: {block_size - model.config.block_size} new rows of wpe start as the mean "
+             f"learned row plus noise, and train from there")
+    # the same new rows on every DDP rank (the seed, not seed + rank)
+    model.extend_block_size(block_size, torch.Generator().manual_seed(seed))
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:  # printed here, once block_size is final
     micro_batches = gradient_accumulation_steps * ddp_world_size
@@ -279,6 +300,7 @@ optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta
                                        fused=fast_cpu or device_type != 'cpu')
 if checkpoint is not None:
     implementation = [{k: g.get(k) for k in ('fused', 'foreach')} for g in optimizer.param_groups]
+    fit_optimizer_state(checkpoint['optimizer'], optimizer)  # wpe rows added or cropped above
     optimizer.load_state_dict(checkpoint['optimizer'])
     for group, chosen in zip(optimizer.param_groups, implementation):
         group.update(chosen)  # the saved groups carry the saving run's choice; keep this run's

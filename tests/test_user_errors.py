@@ -168,9 +168,10 @@ def tokens_line(stdout):
     return next(line for line in stdout.splitlines() if line.startswith("tokens per iteration"))
 
 
-def test_tokens_per_iteration_uses_the_capped_block_size(trained_run, tmp_path):
-    """Resuming a block-32 model with --block_size=64 trains at 32 (learned positions); the
-    start-up line must say 4 x 32 tokens, not 4 x 64."""
+def test_tokens_per_iteration_uses_the_final_block_size(trained_run, tmp_path):
+    """Resuming a block-32 model with --block_size=64 grows its learned positions to 64 (it
+    used to cap block_size at 32 instead); the start-up line says 4 x 64 tokens, once
+    block_size is final."""
     out_dir, _ = trained_run
     run = tmp_path / "out"
     shutil.copytree(out_dir, run)
@@ -179,7 +180,7 @@ def test_tokens_per_iteration_uses_the_capped_block_size(trained_run, tmp_path):
                                                 "--max_iters=21", "--eval_interval=100",
                                                 "--block_size=64")[1:], dataset, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert tokens_line(result.stdout).startswith("tokens per iteration: 128 (1 micro-batch of 4 x 32")
+    assert tokens_line(result.stdout).startswith("tokens per iteration: 256 (1 micro-batch of 4 x 64")
 
 
 def test_overwriting_another_run_is_announced(char_dataset, tmp_path):
