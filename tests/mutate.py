@@ -55,6 +55,7 @@ RESUME = f"{TRAIN_MECH}::test_sigterm_stops_like_ctrl_c_and_bf16_resume_is_exact
 GPT2 = f"{TRAIN_MECH}::test_train_loss_on_gpt2_weights_equals_gpt2lmheadmodels"
 PARITY = "tests/test_train.py::test_resume_parity_exact"
 NAIVE = "tests/test_model.py::test_logits_match_a_naive_reference"
+VARIANTS = "tests/test_attention_variants.py"
 
 MUTANTS = [
     # ---------------------------------------------------------------- data windows and targets
@@ -267,6 +268,35 @@ MUTANTS = [
            "            if unknown:\n                fail(unknown_keys_message(unknown, keys, path))",
            "            if False:\n                fail(unknown_keys_message(unknown, keys, path))",
            ("tests/test_configurator.py",)),
+    # ---------------------------------------------------------------- attention variants (#11)
+    Mutant("rope-not-a-rotation", "model.py",
+           'torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)',
+           'torch.cat([x1 * cos + x2 * sin, x1 * sin + x2 * cos], dim=-1)',
+           (VARIANTS,)),
+    Mutant("rope-frequencies-doubled", "model.py",
+           'dtype=torch.float32) / head_dim)',
+           'dtype=torch.float32) / (head_dim // 2))',
+           (VARIANTS,)),
+    Mutant("gqa-heads-tiled-not-grouped", "model.py",
+           'x[:, :, None].expand(B, nkv, n_head // nkv, S, hd).reshape(B, n_head, S, hd)',
+           'x[:, None].expand(B, n_head // nkv, nkv, S, hd).reshape(B, n_head, S, hd)',
+           (VARIANTS,)),
+    Mutant("window-one-token-wider", "model.py",
+           'mask = mask & (k_pos > q_pos - window)',
+           'mask = mask & (k_pos >= q_pos - window)',
+           (VARIANTS,)),
+    Mutant("window-pattern-inverted", "model.py",
+           'pattern[layer % len(pattern)] == "S" else 0',
+           'pattern[layer % len(pattern)] == "L" else 0',
+           (VARIANTS,)),
+    Mutant("kv-share-groups-interleaved-in-the-cache", "model.py",
+           'self.kv_slot = layer // config.kv_share',
+           'self.kv_slot = layer % config.kv_share',
+           (VARIANTS,)),
+    Mutant("new-position-rows-all-equal", "model.py",
+           'new_rows = w.mean(dim=0, keepdim=True) + 0.02 * noise',
+           'new_rows = w.mean(dim=0, keepdim=True) + 0.0 * noise',
+           (VARIANTS,)),
 ]
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from conftest import error_lines, run_script, run_train  # noqa: E402
+from conftest import error_lines, randomize_weights, run_script, run_train  # noqa: E402
 from model import GPT, GPTConfig, KVCache, NANOGPT_MODEL_ARGS, apply_rope, rope_angles  # noqa: E402
 
 TINY = dict(n_layer=4, n_head=4, n_embd=32, block_size=16, vocab_size=50, dropout=0.0)
@@ -43,14 +43,7 @@ def tiny_model(seed=0, **overrides):
     return GPT(GPTConfig(**{**TINY, **overrides})).eval()
 
 
-def randomize(model, seed=0, std=0.3):
-    """Weights far from the init, so attention is peaked and a wrong mask moves the logits."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            gain = 1.0 if "ln_" in name and name.endswith(".weight") else 0.0
-            p.copy_(torch.randn(p.shape, generator=g) * std + gain)
-    return model
+randomize = randomize_weights  # weights far from the init: a wrong mask moves the logits
 
 
 def random_batch(B, T, V=TINY["vocab_size"], seed=1):

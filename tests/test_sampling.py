@@ -29,7 +29,7 @@ sys.path.insert(0, REPO)
 
 import model as model_module  # noqa: E402
 from model import GPT, GPTConfig, KVCache, filter_logits, sample_next  # noqa: E402
-from conftest import needs_gpt2_bpe, skip_without_gpt2_bpe  # noqa: E402
+from conftest import needs_gpt2_bpe, randomize_weights, skip_without_gpt2_bpe  # noqa: E402
 
 BLOCK = 16
 TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=BLOCK, dropout=0.0)
@@ -42,12 +42,7 @@ def random_model(seed=0, vocab_size=V, std=0.3):
     near-ties and generations wander over many tokens instead of repeating one."""
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**TINY, vocab_size=vocab_size)).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            gain = 1.0 if "ln_" in name and name.endswith(".weight") else 0.0
-            p.copy_(torch.randn(p.shape, generator=g) * std + gain)
-    return model
+    return randomize_weights(model, seed, std)
 
 
 @pytest.fixture(scope="module")
