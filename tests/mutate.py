@@ -286,10 +286,6 @@ MUTANTS = [
            'self.kv_slot = layer // config.kv_share',
            'self.kv_slot = layer % config.kv_share',
            (VARIANTS,)),
-    Mutant("new-position-rows-all-equal", "model.py",
-           'new_rows = w.mean(dim=0, keepdim=True) + 0.02 * noise',
-           'new_rows = w.mean(dim=0, keepdim=True) + 0.0 * noise',
-           (VARIANTS,)),
 ]
 
 
