@@ -1,8 +1,8 @@
 """
 The small mechanisms under training, called in-process and checked against values worked out
 here: which tokens a batch window holds and which are its targets, where the evaluation windows
-start, how a checkpoint reaches the disk, dropout on the attention weights, and that bf16
-autocast really computes in bf16.
+start, how a checkpoint reaches the disk and that its weights load strictly, dropout on the
+attention weights, and that bf16 autocast really computes in bf16.
 (train.py's loop end to end: test_train_mechanics.py; the model's forward against a hand-written
 reference: test_model.py; sampling filters: test_sampling.py.)
 
@@ -19,7 +19,7 @@ import torch
 
 import checkpoint  # noqa: E402  (conftest put the repo on sys.path)
 import textdata  # noqa: E402
-from model import CausalSelfAttention, GPTConfig, set_fast_cpu  # noqa: E402
+from model import GPT, CausalSelfAttention, GPTConfig, set_fast_cpu  # noqa: E402
 from runtime import autocast_context  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def test_windows_at_given_offsets_and_their_next_token_targets(tmp_path):
     x, y = textdata.sample_batch(path, "uint16", 3, 8, offsets=[0, 17, 91])
     assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (3, 8)
     assert x.tolist() == [list(range(s, s + 8)) for s in (0, 17, 91)]
-    assert y.tolist() == [list(range(s + 1, s + 9)) for s in (0, 17, 91)]  # the last ends at token 99
+    assert y.tolist() == [list(range(s + 1, s + 9)) for s in (0, 17, 91)]  # the last ends at 99
 
 
 def test_random_windows_are_whole_and_targets_are_the_next_tokens(tmp_path):
@@ -88,7 +88,7 @@ def test_eval_windows_start_at_zero_end_at_the_last_token_evenly_spaced(tmp_path
     assert int(y[-1, -1]) == n_tokens - 1
 
 
-# ----------------------------------------------------------------------------- checkpoint writes
+# ----------------------------------------------------------------------------- checkpoint files
 
 def test_save_checkpoint_syncs_a_temp_file_then_renames_it(tmp_path, monkeypatch):
     """README: checkpoints are written to a temp file, synced, then renamed, so a kill or a
@@ -119,6 +119,22 @@ def test_save_checkpoint_syncs_a_temp_file_then_renames_it(tmp_path, monkeypatch
     new_file, folder = os.stat(path).st_ino, os.stat(tmp_path).st_ino
     assert events == [("fsync", new_file), ("rename", new_file), ("fsync", folder)]
     assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
+
+
+def test_checkpoint_weights_load_strictly():
+    """A checkpoint whose weights lack a tensor of its model_args' model, or hold one that model
+    has no place for, is refused with one line naming the file: loading it anyway would leave
+    freshly initialised weights behind (or ignore trained ones) without a word."""
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11))
+    args, state = model.config.to_model_args(), model.state_dict()
+    loaded = checkpoint.model_from_checkpoint({"model": state, "model_args": args})  # the control
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    missing = {k: v for k, v in state.items() if k != "transformer.ln_f.weight"}
+    extra = {**state, "transformer.h.0.attn.c_extra.weight": torch.zeros(4, 4)}
+    for broken in (missing, extra):
+        with pytest.raises(checkpoint.CheckpointError, match="run/ckpt.pt"):
+            checkpoint.model_from_checkpoint({"model": broken, "model_args": args},
+                                             path="run/ckpt.pt")
 
 
 # ----------------------------------------------------------------------------- attention dropout
