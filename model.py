@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+import engine
+
 # nanoGPT's checkpoints store exactly these model_args; keep them so either repo reads the other's.
 NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 
@@ -90,71 +92,6 @@ class GPTConfig:
             if f.name not in args and getattr(self, f.name) != f.default:
                 args[f.name] = getattr(self, f.name)
         return args
-
-
-class KVCache:
-    """
-    Keys and values of every layer for a batch being decoded, preallocated for `max_len` positions
-    so a decode step writes in place instead of concatenating.
-
-    Buffers are (n_sets, B, n_kv_head, max_len, head_dim): one set per kv_share group of
-    layers (n_layer by default) of n_kv_head heads (n_head by default). `length` is how many
-    positions are filled (the same for every row). Rows with shorter prompts are left-padded:
-    `pad[b]` pad slots lead row b, and they are masked out of attention and skipped by the
-    position count. Keys are stored after the rotary turn; a windowed layer masks the slots
-    older than its window (attn_mask) but they stay stored: inside block_size nothing is evicted.
-    """
-
-    def __init__(self, n_sets, batch_size, n_kv_head, max_len, head_dim):
-        self.shape = (n_sets, batch_size, n_kv_head, max_len, head_dim)
-        self.max_len = max_len
-        self.k = self.v = None   # allocated on first write, in the dtype autocast produces
-        self.reset()
-
-    def reset(self, pad=None):
-        """Empty the cache; `pad` is a (B,) int64 tensor of left-padding per row, or None."""
-        self.length = 0
-        self.pad = pad if pad is not None and bool(pad.any()) else None
-
-    def positions(self, T, device):
-        """Position ids for the next T tokens: (T,) or, with padding, (B, T)."""
-        pos = torch.arange(self.length, self.length + T, device=device)
-        if self.pad is not None:
-            pos = (pos[None, :] - self.pad[:, None]).clamp(min=0)
-        return pos
-
-    def write(self, layer, k, v):
-        """Store k, v (B, n_kv_head, T, hd) at the next T slots; return all filled slots."""
-        T = k.size(2)
-        end = self.length + T
-        assert end <= self.max_len, f"KV cache overflow: {end} > {self.max_len}"
-        if self.k is None or self.k.dtype != k.dtype:
-            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
-            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def attn_mask(self, T, device, window=0):
-        """Boolean mask (True = may attend) for T new queries, or None when plain causal works.
-        window > 0 also hides keys `window` or more slots older than the query (slots and
-        positions differ only by a row's leading pads, so slot distance is token distance)."""
-        S = self.length + T
-        banded = 0 < window < S  # otherwise no query is old enough to lose a key
-        if self.pad is None and not banded and (T == 1 or self.length == 0):
-            return None  # decode step sees everything; fresh prefill is plain causal
-        mask = causal_mask(self.length, S, window, device)           # (T, S)
-        if self.pad is not None:
-            k_pos = torch.arange(S, device=device)[None, :]               # (1, S)
-            q_pos = torch.arange(self.length, S, device=device)[:, None]  # (T, 1)
-            real_key = k_pos[None] >= self.pad[:, None, None]         # (B, 1, S)
-            # a pad query may see itself, so no row of the softmax is empty (its output is unused)
-            mask = mask[None] & (real_key | (k_pos == q_pos)[None])    # (B, T, S)
-            mask = mask[:, None]                                      # (B, 1, T, S)
-        return mask
-
-    def advance(self, T):
-        self.length += T
 
 
 class _Mask(torch.autograd.Function):
@@ -234,10 +171,11 @@ class CausalSelfAttention(nn.Module):
         # fused kernel (flash / memory-efficient) when torch has it; tests flip this to compare
         self.flash = hasattr(F, "scaled_dot_product_attention")
 
-    def forward(self, x, cache=None, rope=None, shared_kv=None):
+    def forward(self, x, cache=None, rope=None, shared_kv=None, band=0):
         """x (B, T, C) -> (y (B, T, C), (k, v)): the keys and values this layer attended to,
         (B, n_kv_head, S, hd), for the next layers of its kv_share group. `rope` is
-        (cos, sin) from rope_angles; `shared_kv` the group's (k, v) when this layer has no c_attn."""
+        (cos, sin) from rope_angles; `shared_kv` the group's (k, v) when this layer has no c_attn;
+        band > 0 narrows what a query sees to its last `band` tokens (engine.py's reference)."""
         B, T, C = x.size()
         nh, hd = self.n_head, self.head_dim
         qkv = self.c_attn(x) if self.owns_kv else self.c_q(x)  # (B, T, C + 2 * n_kv_head * hd)
@@ -247,7 +185,7 @@ class CausalSelfAttention(nn.Module):
         # those cases take the batched-matmul path below, which measured faster in both.
         fused = self.flash and not (self.fast_cpu and x.device.type == "cpu"
                                     and (dropout_p > 0 or qkv.dtype == torch.bfloat16))
-        if cache is None and not fused and self.gpt2_layout:
+        if cache is None and not fused and self.gpt2_layout and not 0 < band < T:
             # one copy lays out every head's q, k and v contiguously: (3, B*nh, T, hd)
             q, k, v = qkv.view(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4).reshape(3, B * nh, T, hd).unbind(0)
             y = self._attend_unfused(q, k, v, causal_bias(T, q.dtype, q.device))
@@ -257,18 +195,23 @@ class CausalSelfAttention(nn.Module):
         if not self.owns_kv:
             k, v = shared_kv  # already written to the cache by the group's first layer
         elif cache is not None:
-            k, v = cache.write(self.kv_slot, k, v)  # (B, n_kv_head, S, hd), S = cached + T
+            k, v = cache.write(self.kv_slot, k, v)  # (B, n_kv_head, S, hd): cached + T keys
         kv = (k, v)
         if cache is None:
-            mask = causal_mask(0, T, self.window, x.device) if 0 < self.window < T else None
+            window = min(self.window or band, band or self.window)
+            mask = causal_mask(0, T, window, x.device) if 0 < window < T else None
         else:
-            mask = cache.attn_mask(T, x.device, self.window)
+            mask = cache.attn_mask(T, x.device, self.window, self.kv_slot)
         is_causal = mask is None and T > 1  # then keys are exactly the T queries
-        k, v = repeat_kv(k, nh), repeat_kv(v, nh)  # (B, nh, S, hd)
-        if fused:
+        if fused and SDPA_GQA and k.size(1) != nh:  # the kernel reads each kv head per group
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=is_causal, enable_gqa=True)
+        elif fused:
+            k, v = repeat_kv(k, nh), repeat_kv(v, nh)  # (B, nh, S, hd)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                is_causal=is_causal)
         else:
+            k, v = repeat_kv(k, nh), repeat_kv(v, nh)  # (B, nh, S, hd)
             S = k.size(2)
             if is_causal:
                 bias = causal_bias(T, q.dtype, q.device)
@@ -288,18 +231,20 @@ class CausalSelfAttention(nn.Module):
         """q (B, nh, T, hd) and, for a layer with c_attn, k and v (B, n_kv_head, T, hd), from
         the projection's output (B, T, C [+ 2 * n_kv_head * hd]); rotary positions applied."""
         B, T, _ = qkv.size()
-        C, nkv, hd = self.n_embd, self.n_kv_head, self.head_dim
+        C, nh, nkv, hd = self.n_embd, self.n_head, self.n_kv_head, self.head_dim
+        k = v = None
         if self.owns_kv:
-            q, k, v = qkv.split([C, nkv * hd, nkv * hd], dim=2)
-            k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+            qk, v = qkv.split([C + nkv * hd, nkv * hd], dim=2)
+            qk = qk.view(B, T, nh + nkv, hd)  # q and k heads side by side: one rotary pass
             v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         else:
-            q, k, v = qkv, None, None
-        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+            qk = qkv.view(B, T, nh, hd)
         if rope is not None:
-            q = apply_rope(q, *rope)
-            k = apply_rope(k, *rope) if k is not None else None
-        return q, k, v
+            qk = apply_rope(qk, *rope)
+        if self.owns_kv:
+            qk, k = qk.split([nh, nkv], dim=2)
+            k = k.transpose(1, 2)  # (B, nkv, T, hd)
+        return qk.transpose(1, 2), k, v  # q (B, nh, T, hd)
 
     def _attend_unfused(self, q, k, v, bias):
         """softmax(q k^T / sqrt(hd) + bias) v, heads batched: q (N, T, hd), k and v (N, S, hd),
@@ -314,6 +259,10 @@ class CausalSelfAttention(nn.Module):
         return torch.bmm(att, v)  # (N, T, hd)
 
 
+# scaled_dot_product_attention reads grouped K/V heads itself from torch 2.5 (enable_gqa)
+SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
 def repeat_kv(x, n_head):
     """(B, n_kv_head, S, hd) -> (B, n_head, S, hd): kv head g serves query heads
     g * group .. (g + 1) * group - 1, group = n_head / n_kv_head (a view when group is 1)."""
@@ -324,22 +273,23 @@ def repeat_kv(x, n_head):
 
 
 def rope_angles(pos, head_dim, theta):
-    """cos and sin of the rotary angles pos * theta^(-2i/head_dim), i < head_dim/2: (T, hd/2)
-    for pos (T,), or (B, 1, T, hd/2) for pos (B, T), so they broadcast over (B, nh, T, hd/2)."""
+    """The rotary angles pos * theta^(-2i/head_dim), i < head_dim/2, as apply_rope takes them:
+    cos and a signed sin, each (T, 1, hd) for pos (T,) or (B, T, 1, hd) for pos (B, T), so they
+    broadcast over (B, T, heads, hd). Angle i serves dims i and i + hd/2; the sin's first half
+    is negated (see apply_rope)."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
     angles = pos.float()[..., None] * inv_freq  # (T, hd/2) or (B, T, hd/2)
-    if angles.dim() == 3:
-        angles = angles[:, None]  # (B, 1, T, hd/2): the same angles for every head
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], -1).unsqueeze(-2), torch.cat([-sin, sin], -1).unsqueeze(-2)
 
 
 def apply_rope(x, cos, sin):
-    """Rotate each pair (x[i], x[i + hd/2]) of x (B, h, T, hd) by its angle. Pairs are the two
-    halves, not neighbours (Hugging Face Llama/Starcoder2's layout), so a later export needs
-    no reordering of c_attn's rows."""
-    x1, x2 = x.chunk(2, dim=-1)  # (B, h, T, hd/2) each
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, h, T, hd)
+    """Rotate each pair (x[i], x[i + hd/2]) of x (B, T, heads, hd) by its angle:
+    (x[i] cos - x[i + hd/2] sin, x[i + hd/2] cos + x[i] sin), which is x * cos plus the halves
+    swapped times the signed sin, one fused multiply-add. Pairs are the two halves, not
+    neighbours (Hugging Face Llama/Starcoder2's layout), so an export needs no reordering."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, T, heads, hd/2) each
+    return torch.addcmul(x * cos.to(x.dtype), torch.cat([x2, x1], dim=-1), sin.to(x.dtype))
 
 
 def causal_mask(q_start, S, window, device):
@@ -389,9 +339,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, rope=None, shared_kv=None):
+    def forward(self, x, cache=None, rope=None, shared_kv=None, band=0):
         """x (B, T, C) -> (x, kv): kv is what the attention attended to (see its forward)."""
-        a, kv = self.attn(self.ln_1(x), cache, rope, shared_kv)
+        a, kv = self.attn(self.ln_1(x), cache, rope, shared_kv, band)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, kv
@@ -413,6 +363,7 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self._rope_table = None  # (cos, sin) for positions 0..n-1, made on first use (_rope)
         # weight tying: the output projection reuses the token embedding (GPT-2 does this too)
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -436,28 +387,33 @@ class GPT(nn.Module):
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
-    def forward(self, idx, targets=None, cache=None, all_logits=False):
+    def forward(self, idx, targets=None, cache=None, all_logits=False, band=0):
         """
         idx (B, T) token ids. With targets (B, T): logits for every position and the mean
         cross-entropy (targets == -1 are ignored). Without: logits of the last position only,
-        (B, 1, V), unless all_logits. With a KVCache the tokens continue what it holds.
+        (B, 1, V), unless all_logits. With a KVCache (engine.py) the tokens continue what it
+        holds. band > 0: every layer sees at most the last `band` tokens (and its own window);
+        with rope/none positions such a forward may be longer than block_size.
         """
         B, T = idx.size()
-        pos = torch.arange(T, device=idx.device) if cache is None else cache.positions(T, idx.device)
-        top = (cache.length if cache is not None else 0) + T
-        if cache is None or cache.pad is None:
-            assert top <= self.config.block_size, \
-                f"sequence of {top} tokens is longer than block_size {self.config.block_size}"
         cfg = self.config
+        top = (cache.length if cache is not None else 0) + T
+        bounded = cfg.pos_emb != "learned" and (cache is not None or 0 < band <= cfg.block_size)
+        if not bounded and (cache is None or cache.pad is None):  # a pad slot has no position
+            assert top <= cfg.block_size, \
+                f"sequence of {top} tokens is longer than block_size {cfg.block_size}"
         x = self.transformer.wte(idx)  # (B, T, C)
         if cfg.pos_emb == "learned":
+            pos = torch.arange(T, device=idx.device) if cache is None else cache.positions(T, idx.device)
             x = x + self.transformer.wpe(pos)  # (T, C) or (B, T, C) added
-        rope = rope_angles(pos, cfg.n_embd // cfg.n_head, cfg.rope_theta) \
-            if cfg.pos_emb == "rope" else None
+        rope = None
+        if cfg.pos_emb == "rope":
+            rope = (rope_angles(torch.arange(T, device=idx.device), cfg.n_embd // cfg.n_head,
+                                cfg.rope_theta) if cache is None else self._cached_rope(cache, T))
         x = self.transformer.drop(x)
         kv = None  # the current kv_share group's keys and values, handed from layer to layer
         for block in self.transformer.h:
-            x, kv = block(x, cache, rope, kv)
+            x, kv = block(x, cache, rope, kv, band)
         if cache is not None:
             cache.advance(T)
         x = self.transformer.ln_f(x)
@@ -470,6 +426,23 @@ class GPT(nn.Module):
         # inference: only the last position is needed to pick the next token
         logits = self.lm_head(x if all_logits else x[:, [-1], :])  # (B, 1 or T, V)
         return logits, None
+
+    def _cached_rope(self, cache, T):
+        """rope_angles for the next T positions of `cache`, read from a table made once and
+        grown by doubling: a decode step costs two slices instead of six kernels."""
+        top = cache.length + T
+        table = self._rope_table
+        if table is None or table[0].size(0) < top or table[0].device != self.lm_head.weight.device:
+            n = max(top, 2 * (table[0].size(0) if table is not None else self.config.block_size))
+            with torch.inference_mode(False):  # a normal tensor, though made while sampling
+                pos = torch.arange(n, device=self.lm_head.weight.device)
+                table = rope_angles(pos, self.config.n_embd // self.config.n_head,
+                                    self.config.rope_theta)  # (n, 1, hd) each
+            self._rope_table = table
+        if cache.pad is None:  # every row at the same positions: views of the table
+            return table[0][cache.length:top], table[1][cache.length:top]
+        pos = cache.positions(T, table[0].device)  # (B, T): each row its own positions
+        return table[0][pos], table[1][pos]        # (B, T, 1, hd)
 
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. load GPT-2's 1024 but train at 256): keep the first positions."""
@@ -544,76 +517,38 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- generation
 
-    @torch.inference_mode()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, **kwargs):
         """
         Append max_new_tokens sampled tokens to idx (B, T) and return (B, T + max_new_tokens).
         temperature 0 is greedy. Other keyword arguments go to generate_stream.
         """
-        new = [tok for tok in self.generate_stream(idx, max_new_tokens, temperature, top_k,
-                                                   top_p, **kwargs)]
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, **kwargs))
         if not new:
             return idx
         return torch.cat([idx, torch.stack(new, dim=1).to(idx.device)], dim=1)
 
-    @torch.inference_mode()  # cheaper than no_grad: no version counters on decode tensors
     def generate_stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                         generator=None, use_cache=True, context_window=None, window_chunk=1):
         """
-        Yield the next token of every row, (B,) int64, max_new_tokens times.
+        Yield the next token of every row, (B,) int64, max_new_tokens times (engine.py).
 
         prompts: a (B, T) tensor or a list of B token lists (lengths may differ: left-padded).
-        Each token is predicted from at most `context_window` (default block_size) previous
-        tokens, exactly as nanoGPT crops its context. With the cache, the window's keys/values
-        are kept and each step costs one token; when the window is full the last
-        `context_window - window_chunk + 1` tokens are prefilled again and `window_chunk - 1`
-        cached steps follow. window_chunk=1 (default) is exact crop semantics (a full-window
-        prefill per token past the window, learned positions leave no cheaper exact way);
-        larger chunks amortise that cost but let the context shrink to
-        context_window - window_chunk + 1 right after each re-prefill.
-        use_cache=False is the reference: nanoGPT's loop, a full forward per token.
+        Each token is predicted from at most `context_window` (default block_size) tokens back:
+        - learned positions crop the context exactly as nanoGPT does. With the cache, once the
+          window is full the last `context_window - window_chunk + 1` tokens are prefilled
+          again and `window_chunk - 1` cached steps follow. window_chunk=1 (default) is exact
+          (a full-window prefill per token past the window: a position table leaves no cheaper
+          exact way); larger chunks amortise it, but the context shrinks to
+          context_window - window_chunk + 1 right after each re-prefill.
+        - rope/none positions never re-read the context: every layer attends to its last
+          context_window (or attn_window) tokens, one token of work per step, however long the
+          sequence gets; that is forward(whole sequence, band=context_window).
+        use_cache=False is the reference: a full forward per token (nanoGPT's loop; rope/none:
+        the banded forward over the whole sequence).
         """
-        window = min(context_window or self.config.block_size, self.config.block_size)
-        if window < 1:
-            raise ValueError(f"context_window must be >= 1, got {context_window}")
-        if not 1 <= window_chunk <= window:
-            raise ValueError(f"window_chunk must be in [1, {window}], got {window_chunk}")
-        device = self.lm_head.weight.device
-        seqs = [list(map(int, row)) for row in (prompts.tolist() if torch.is_tensor(prompts)
-                                                else prompts)]
-        if any(len(s) == 0 for s in seqs):
-            raise ValueError("every prompt needs at least one token")
-        B = len(seqs)
-        cache = None
-        if use_cache:
-            cfg = self.config
-            # one K/V set per kv_share group, of n_kv_head heads
-            cache = KVCache(cfg.kv_groups, B, cfg.kv_heads, window, cfg.n_embd // cfg.n_head)
-        for _ in range(max_new_tokens):
-            if not use_cache:
-                logits = self._full_window_logits(seqs, window, device)
-            elif cache.length == 0 or cache.length >= window:
-                keep = window if cache.length == 0 else window - window_chunk + 1
-                ctx = [s[-keep:] for s in seqs]
-                idx, pad = _left_pad(ctx, device)
-                cache.reset(pad)
-                logits, _ = self(idx, cache=cache)
-            else:
-                last = torch.tensor([[s[-1]] for s in seqs], dtype=torch.long, device=device)
-                logits, _ = self(last, cache=cache)
-            nxt = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
-            for s, t in zip(seqs, nxt.tolist()):
-                s.append(t)
-            yield nxt
-
-    def _full_window_logits(self, seqs, window, device):
-        """nanoGPT's step: forward the last `window` tokens, no cache (rows one by one if ragged)."""
-        if len({len(s) for s in seqs}) == 1:
-            idx = torch.tensor([s[-window:] for s in seqs], dtype=torch.long, device=device)
-            return self(idx)[0]
-        rows = [self(torch.tensor([s[-window:]], dtype=torch.long, device=device))[0]
-                for s in seqs]
-        return torch.cat(rows, dim=0)
+        return engine.generate_stream(self, prompts, max_new_tokens, temperature, top_k, top_p,
+                                      generator=generator, use_cache=use_cache,
+                                      context_window=context_window, window_chunk=window_chunk)
 
 
 def set_fast_cpu(model, enabled):
@@ -622,39 +557,3 @@ def set_fast_cpu(model, enabled):
     for module in model.modules():
         if isinstance(module, (Dropout, CausalSelfAttention)):
             module.fast_cpu = enabled
-
-
-def _left_pad(rows, device):
-    """Stack token lists of different lengths right-aligned: (B, T) ids and (B,) pad counts."""
-    T = max(len(r) for r in rows)
-    pad = torch.tensor([T - len(r) for r in rows], dtype=torch.long, device=device)
-    idx = torch.tensor([[0] * (T - len(r)) + r for r in rows], dtype=torch.long, device=device)
-    return idx, pad
-
-
-def filter_logits(logits, top_k=None, top_p=None):
-    """Set to -inf every logit outside the top_k, and outside the smallest set of tokens whose
-    probabilities add up to at least top_p (the most likely token always stays)."""
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    logits = logits.clone()
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[..., [-1]]  # (B, 1)
-        logits[logits < kth] = float("-inf")
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of strictly better tokens
-        sorted_logits[mass_before >= top_p] = float("-inf")
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick one token per row from (B, V) logits; temperature 0 means argmax."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

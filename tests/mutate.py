@@ -53,7 +53,8 @@ ACCUMULATION = f"{TRAIN_MECH}::test_gradient_accumulation_equals_one_bigger_batc
 EVAL = f"{TRAIN_MECH}::test_eval_loss_is_the_mean_over_evenly_spread_windows"
 RESUME = f"{TRAIN_MECH}::test_sigterm_stops_like_ctrl_c_and_bf16_resume_is_exact"
 GPT2 = f"{TRAIN_MECH}::test_train_loss_on_gpt2_weights_equals_gpt2lmheadmodels"
-PARITY = "tests/test_train.py::test_resume_parity_exact"
+TRAIN = "tests/test_train.py"
+PARITY = f"{TRAIN}::test_resume_parity_exact"
 NAIVE = "tests/test_model.py::test_logits_match_a_naive_reference"
 DROPOUT = "tests/test_model.py::test_fast_cpu_dropout_matches_dropouts_definition"
 SAMPLING = "tests/test_sampling.py"
@@ -136,7 +137,7 @@ MUTANTS = [
            "mask = k_pos <= q_pos + 1  ",
            (f"{SAMPLING}::test_ragged_batch_equals_each_prompt_alone",
             "tests/test_attention_variants.py")),
-    Mutant("kv-cache-positions-off-by-one", "model.py",
+    Mutant("kv-cache-positions-off-by-one", "engine.py",
            "pos = torch.arange(self.length, self.length + T, device=device)",
            "pos = torch.arange(self.length + 1, self.length + T + 1, device=device)",
            (f"{SAMPLING}::test_greedy_cache_equals_no_cache_and_nanogpt_loop",)),
@@ -174,31 +175,31 @@ MUTANTS = [
            "x[:, None].expand(B, n_head // nkv, nkv, S, hd)",
            ("tests/test_attention_variants.py",)),
     Mutant("rope-turns-the-other-way", "model.py",
-           "torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)",
-           "torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)",
+           "torch.addcmul(x * cos.to(x.dtype), torch.cat([x2, x1], dim=-1), sin.to(x.dtype))",
+           "torch.addcmul(x * cos.to(x.dtype), torch.cat([x2, x1], dim=-1), -sin.to(x.dtype))",
            ("tests/test_attention_variants.py",)),
     Mutant("attention-window-one-token-wider", "model.py",
            "mask = mask & (k_pos > q_pos - window)",
            "mask = mask & (k_pos >= q_pos - window)",
            ("tests/test_attention_variants.py",)),
     # ---------------------------------------------------------------- sampling filters
-    Mutant("top-k-keeps-one-more", "model.py",
+    Mutant("top-k-keeps-one-more", "engine.py",
            "torch.topk(logits, min(top_k, logits.size(-1)))",
            "torch.topk(logits, min(top_k + 1, logits.size(-1)))",
            (f"{SAMPLING}::test_top_k_keeps_exactly_the_k_largest",)),
-    Mutant("top-p-keeps-one-fewer", "model.py",
+    Mutant("top-p-keeps-one-fewer", "engine.py",
            "mass_before = torch.cumsum(probs, dim=-1) - probs",
            "mass_before = torch.cumsum(probs, dim=-1)",
            (TOP_P,)),
-    Mutant("top-p-keeps-one-more", "model.py",
+    Mutant("top-p-keeps-one-more", "engine.py",
            "sorted_logits[mass_before >= top_p] = float(\"-inf\")",
            "sorted_logits[..., 1:][mass_before[..., :-1] >= top_p] = float(\"-inf\")",
            (TOP_P,)),
-    Mutant("temperature-ignored", "model.py",
+    Mutant("temperature-ignored", "engine.py",
            "filter_logits(logits / temperature, top_k, top_p)",
            "filter_logits(logits, top_k, top_p)",
            (FREQUENCIES,)),
-    Mutant("temperature-applied-twice", "model.py",
+    Mutant("temperature-applied-twice", "engine.py",
            "filter_logits(logits / temperature, top_k, top_p)",
            "filter_logits(logits / temperature / temperature, top_k, top_p)",
            (FREQUENCIES,)),
@@ -222,23 +223,23 @@ MUTANTS = [
     Mutant("resume-one-iteration-late", "train.py",
            "    iter_num = checkpoint['iter_num']",
            "    iter_num = checkpoint['iter_num'] + 1",
-           ("tests/test_train.py",)),
+           (f"{TRAIN}::test_resume_continues_from_saved_iteration",)),
     Mutant("no-eval-at-the-last-iteration", "train.py",
            "if iter_num % eval_interval == 0 or iter_num == last_iter or eval_only:",
            "if iter_num % eval_interval == 0 or eval_only:",
-           ("tests/test_train.py",)),
+           (f"{TRAIN}::test_resume_continues_from_saved_iteration",)),
     Mutant("checkpoint-interval-ignored", "train.py",
            "checkpoint_every = checkpoint_interval or eval_interval",
            "checkpoint_every = eval_interval",
-           ("tests/test_train.py",)),
+           (f"{TRAIN}::test_nonfinite_loss_stops_and_keeps_last_good_checkpoint",)),
     Mutant("ckpt-pt-saved-when-val-got-worse", "train.py",
            "(improved or always_save_checkpoint)",
            "(True or always_save_checkpoint)",
-           ("tests/test_train.py",)),
+           (f"{TRAIN}::test_best_val_loss_never_increases",)),
     Mutant("best-val-loss-reset-on-resume", "train.py",
            "    best_val_loss = float(checkpoint['best_val_loss'])",
            "    best_val_loss = float('inf')",
-           ("tests/test_train.py",)),
+           (f"{TRAIN}::test_best_val_loss_never_increases",)),
     # ---------------------------------------------------------------- checkpoint files
     Mutant("checkpoint-written-in-place", "checkpoint.py",
            '    tmp = f"{path}.tmp.{os.getpid()}"\n',
@@ -251,11 +252,11 @@ MUTANTS = [
     Mutant("checkpoint-weights-loaded-non-strict", "checkpoint.py",
            'model.load_state_dict(clean_state_dict(ckpt["model"]))',
            'model.load_state_dict(clean_state_dict(ckpt["model"]), strict=False)',
-           ("tests/test_model.py", "tests/test_train.py")),
+           (f"{MECH}::test_checkpoint_weights_load_strictly",)),
     Mutant("checkpoint-loaded-with-pickle", "checkpoint.py",
            "ckpt = torch.load(path, map_location=device, weights_only=True)",
            "ckpt = torch.load(path, map_location=device, weights_only=False)",
-           ("tests/test_train.py",)),
+           (f"{TRAIN}::test_malicious_checkpoint_is_refused_without_running_it",)),
     # ---------------------------------------------------------------- configurator
     Mutant("config-types-unchecked", "configurator.py",
            "    kind = type(default)\n",
@@ -281,6 +282,18 @@ MUTANTS = [
     Mutant("window-pattern-inverted", "model.py",
            'pattern[layer % len(pattern)] == "S" else 0',
            'pattern[layer % len(pattern)] == "L" else 0',
+           (VARIANTS,)),
+    Mutant("ring-buffer-slots-off-by-one", "engine.py",
+           "return (n - 1) - ((n - 1 - i) % cap)",
+           "return (n - 1) - ((n - i) % cap)",
+           (VARIANTS,)),
+    Mutant("decode-band-one-token-wider", "engine.py",
+           "band = min(window or self.context, self.context)",
+           "band = min(window or self.context, self.context) + 1",
+           (VARIANTS,)),
+    Mutant("banded-reference-crops-instead", "engine.py",
+           "    band = 0 if crop else window\n",
+           "    band, crop = 0, True\n",
            (VARIANTS,)),
     Mutant("kv-share-groups-interleaved-in-the-cache", "model.py",
            'self.kv_slot = layer // config.kv_share',
@@ -377,6 +390,7 @@ def main():
     # test process, and tests that send SIGINT to a script would hang. A handler here is reset
     # to the default in each child, as in a terminal.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still restore files, remove the copy
 
     problems = check_mutants(MUTANTS, REPO)
     if problems:

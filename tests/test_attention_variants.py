@@ -22,7 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from conftest import error_lines, randomize_weights, run_script, run_train  # noqa: E402
-from model import GPT, GPTConfig, KVCache, NANOGPT_MODEL_ARGS, apply_rope, rope_angles  # noqa: E402
+from engine import KVCache  # noqa: E402
+from model import GPT, GPTConfig, NANOGPT_MODEL_ARGS, apply_rope, rope_angles  # noqa: E402
 
 TINY = dict(n_layer=4, n_head=4, n_embd=32, block_size=16, vocab_size=50, dropout=0.0)
 
@@ -73,8 +74,9 @@ def band_mask(T, window):
     return mask
 
 
-def naive_logits(model, idx):
-    """The variant GPT's forward written out by hand in float64: (B, T, V)."""
+def naive_logits(model, idx, band=0):
+    """The variant GPT's forward written out by hand in float64: (B, T, V). band > 0: every
+    layer sees at most `band` tokens back (and its own window), at any length."""
     cfg = model.config
     sd = {k: v.double() for k, v in model.state_dict().items()}
     C, H = cfg.n_embd, cfg.n_head
@@ -108,6 +110,7 @@ def naive_logits(model, idx):
         if cfg.pos_emb == "rope":
             q = complex_rope(q, torch.arange(T), cfg.rope_theta)
         window = cfg.attn_window if pattern[layer % len(pattern)] == "S" else 0
+        window = min(w for w in (window, band) if w) if window or band else 0
         att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
         att = att.masked_fill(~band_mask(T, window), float("-inf")).softmax(dim=-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, C)
@@ -144,10 +147,13 @@ def test_logits_match_the_naive_reference(name, flash):
 def test_rope_matches_complex_rotation():
     x = torch.randn(2, 3, 7, 8)  # (B, h, T, hd)
     pos = torch.tensor([0, 1, 2, 5, 9, 100, 1000])
-    ours = apply_rope(x, *rope_angles(pos, 8, 10000.0))
-    torch.testing.assert_close(ours.double(), complex_rope(x, pos, 10000.0), atol=1e-4, rtol=1e-4)
+
+    def ours(positions):  # apply_rope takes (B, T, h, hd)
+        return apply_rope(x.transpose(1, 2), *rope_angles(positions, 8, 10000.0)).transpose(1, 2)
+
+    torch.testing.assert_close(ours(pos).double(), complex_rope(x, pos, 10000.0), atol=1e-4, rtol=1e-4)
     # with padded rows the cache hands out (B, T) positions: each row is turned by its own
-    ours_rows = apply_rope(x, *rope_angles(torch.stack([pos, pos + 3]), 8, 10000.0))
+    ours_rows = ours(torch.stack([pos, pos + 3]))
     torch.testing.assert_close(ours_rows[1].double(), complex_rope(x[1], pos + 3, 10000.0),
                                atol=1e-4, rtol=1e-4)
 
@@ -158,7 +164,9 @@ def test_rope_scores_depend_only_on_relative_position():
 
     def scores(shift):
         cos, sin = rope_angles(pos + shift, 16, 10000.0)
-        return apply_rope(q, cos.double(), sin.double()) @ apply_rope(k, cos.double(), sin.double()).transpose(-1, -2)
+        turned_q = apply_rope(q.transpose(1, 2), cos.double(), sin.double()).transpose(1, 2)
+        turned_k = apply_rope(k.transpose(1, 2), cos.double(), sin.double()).transpose(1, 2)
+        return turned_q @ turned_k.transpose(-1, -2)  # (1, 2, 6, 6)
 
     torch.testing.assert_close(scores(0), scores(37), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(scores(0), q @ k.transpose(-1, -2), atol=1e-2)  # rope did turn them
@@ -223,20 +231,27 @@ def reference_logits(model, seq):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_cached_decode_equals_recomputing_the_context(name):
     """Prefill, then one token at a time up to block_size: each step's logits equal a full
-    forward over the same context; then greedy tokens with the cache equal the uncached loop,
-    inside block_size and past it (crop to the last block_size tokens), for ragged prompts."""
+    forward over the same context; then greedy and sampled tokens with the cache equal the
+    uncached loop for ragged prompts, inside block_size and past it (learned positions crop to
+    the last block_size tokens and prefill again; rope/none keep going with a band)."""
     model = randomize(tiny_model(**VARIANTS[name]))
     cfg = model.config
-    cache = KVCache(cfg.kv_groups, 1, cfg.kv_heads, 16, cfg.n_embd // cfg.n_head)
+    cache = KVCache.for_model(cfg, 1, 16)
     seq = random_batch(1, 16, seed=3)[0].tolist()
     with torch.no_grad():
         logits, _ = model(torch.tensor([seq[:3]]), cache=cache)
-        assert cache.k.shape == (cfg.kv_groups, 1, cfg.kv_heads, 16, cfg.n_embd // cfg.n_head)
         torch.testing.assert_close(logits[0, -1], reference_logits(model, seq[:3]), atol=1e-5, rtol=0)
         for t in range(3, 16):
             logits, _ = model(torch.tensor([[seq[t]]]), cache=cache)
             torch.testing.assert_close(logits[0, -1], reference_logits(model, seq[:t + 1]),
                                        atol=1e-5, rtol=0)
+    # one K/V set per kv_share group, n_kv_head heads, as many slots as its layers may look back
+    hd = cfg.n_embd // cfg.n_head
+    for group, k in enumerate(cache.k):
+        layers = range(group * cfg.kv_share, min((group + 1) * cfg.kv_share, cfg.n_layer))
+        slots = max(cfg.layer_window(i) or 16 for i in layers)
+        assert k.shape == (1, cfg.kv_heads, slots, hd), (group, k.shape)
+    assert len(cache.k) == -(-cfg.n_layer // cfg.kv_share)
     prompts = [seq[:2], seq[:5], seq[3:6]]  # ragged: left-padded in the cache
 
     def tokens(new, temperature, **kw):
@@ -245,12 +260,72 @@ def test_cached_decode_equals_recomputing_the_context(name):
                                                           generator=g, **kw)]
 
     assert tokens(10, 0) == tokens(10, 0, use_cache=False)  # greedy, inside block_size
-    # past block_size (crop to the last 16 tokens, re-prefill), sampled from the same random
-    # stream: varied enough that a wrong mask or position can't match by chance (greedy with
-    # these weights may repeat one token)
-    sampled = tokens(24, 1.0)
-    assert sampled == tokens(24, 1.0, use_cache=False)
+    # past block_size, sampled from the same random stream: varied enough that a wrong mask or
+    # position can't match by chance (greedy with these weights may repeat one token)
+    sampled = tokens(40, 1.0)
+    assert sampled == tokens(40, 1.0, use_cache=False)
     assert len({row[0] for row in sampled}) > 1
+
+
+@pytest.mark.parametrize("name", ["rope", "none", "all"])
+def test_decoding_past_block_size_is_the_banded_forward(name):
+    """rope/none models decode past block_size without re-reading the context: the greedy
+    tokens of 2 x block_size steps equal the hand-written float64 forward over the whole
+    sequence where every layer sees at most block_size tokens back, and the logits of the
+    model's own banded forward match it too."""
+    model = randomize(tiny_model(**VARIANTS[name]))
+    B = model.config.block_size
+    prompt = random_batch(1, 5, seed=4)[0].tolist()
+    cached = [int(t) for t in model.generate_stream([prompt], 2 * B, temperature=0)]
+    seq = list(prompt)
+    for _ in range(2 * B):
+        seq.append(int(naive_logits(model, torch.tensor([seq]), band=B)[0, -1].argmax()))
+    assert cached == seq[len(prompt):]
+    assert len(set(cached)) > 2, "the test model should not just repeat one token"
+    # teacher-forced through the cache, every position's logits, not just the argmax: a long
+    # first chunk (more than the ring holds), then single tokens and chunks that wrap the ring
+    idx = random_batch(1, 5 * B, seed=6)
+    reference = naive_logits(model, idx, band=B)[0]  # (5B, V)
+    cache = KVCache.for_model(model.config, 1, B)
+    t, sizes = 0, [B + 3, 1, 4, 1, 1, 7, 1, B + 1]
+    with torch.no_grad():
+        while t < 5 * B:
+            n = min(sizes[0] if sizes else 1, 5 * B - t)
+            sizes = sizes[1:]
+            logits, _ = model(idx[:, t:t + n], cache=cache, all_logits=True)
+            torch.testing.assert_close(logits[0].double(), reference[t:t + n], atol=1e-5, rtol=0,
+                                       msg=lambda m: f"positions {t}..{t + n - 1}: {m}")
+            t += n
+    idx = torch.tensor([seq])
+    with torch.no_grad():
+        ours = model(idx, all_logits=True, band=B)[0]
+        crop = model(idx[:, -B:], all_logits=True)[0]
+    reference = naive_logits(model, idx, band=B)
+    torch.testing.assert_close(ours.double(), reference, atol=1e-5, rtol=0)
+    # and the band is not the same as cropping: past block_size, layers see further back
+    assert (crop[0, -1] - ours[0, -1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kw, slots", [(dict(pos_emb="rope", attn_window=4), 4),
+                                       (dict(pos_emb="rope"), 16),
+                                       (dict(pos_emb="none", n_kv_head=1, attn_window=6,
+                                             window_pattern="SSL", kv_share=2), 16)])
+def test_cache_memory_stays_flat_as_the_sequence_grows(kw, slots):
+    """A ring buffer per K/V set: a windowed layer holds its window, a full one block_size,
+    whatever the length decoded (here 4 x block_size, one token at a time)."""
+    model = randomize(tiny_model(**kw))
+    cfg = model.config
+    cache = KVCache.for_model(cfg, 2, cfg.block_size)
+    sizes = []
+    with torch.no_grad():
+        model(random_batch(2, 3, seed=5), cache=cache)
+        for t in range(4 * cfg.block_size):
+            model(random_batch(2, 1, seed=t), cache=cache)
+            sizes.append(cache.nbytes())
+    per_slot = 2 * 2 * cfg.kv_heads * (cfg.n_embd // cfg.n_head) * 4  # k and v, B=2, fp32
+    assert max(len(range(0, cfg.n_layer, cfg.kv_share)), 1) == len(cache.k)
+    assert sizes[0] == sizes[-1] == sum(k.size(2) for k in cache.k) * per_slot
+    assert max(k.size(2) for k in cache.k) == slots
 
 
 # ----------------------------------------------------------------------------- through the scripts

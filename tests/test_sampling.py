@@ -27,8 +27,9 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import model as model_module  # noqa: E402
-from model import GPT, GPTConfig, KVCache, filter_logits, sample_next  # noqa: E402
+import engine  # noqa: E402
+from engine import KVCache, filter_logits, sample_next  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 from conftest import needs_gpt2_bpe, randomize_weights, skip_without_gpt2_bpe  # noqa: E402
 
 BLOCK = 16
@@ -81,13 +82,13 @@ def stream_tokens(model, prompts, max_new_tokens, **kwargs):
 def recorded_logits(monkeypatch):
     """Every (B, V) logits tensor generate_stream hands to sample_next, in order."""
     seen = []
-    real = model_module.sample_next
+    real = engine.sample_next
 
     def recording(logits, *args, **kwargs):
         seen.append(logits.detach().clone())
         return real(logits, *args, **kwargs)
 
-    monkeypatch.setattr(model_module, "sample_next", recording)
+    monkeypatch.setattr(engine, "sample_next", recording)
     return seen
 
 
@@ -122,17 +123,17 @@ def test_cached_decode_logits_match_full_forward(flash):
         block.attn.flash = flash
     seq = random_prompt(BLOCK, seed=6)
     cfg = model.config
-    cache = KVCache(cfg.n_layer, 1, cfg.n_head, BLOCK, cfg.n_embd // cfg.n_head)
+    cache = KVCache.for_model(cfg, 1, BLOCK)
     with torch.no_grad():
         logits, _ = model(torch.tensor([seq[:4]]), cache=cache)
         torch.testing.assert_close(logits[0, -1], reference_logits(model, seq[:4]), atol=1e-5, rtol=0)
-        k_storage = cache.k.data_ptr()
+        k_storage = cache.k[0].data_ptr()
         for t in range(4, BLOCK):
             logits, _ = model(torch.tensor([[seq[t]]]), cache=cache)
             assert cache.length == t + 1
             torch.testing.assert_close(logits[0, -1], reference_logits(model, seq[:t + 1]),
                                        atol=1e-5, rtol=0)
-    assert cache.k.data_ptr() == k_storage, "the cache must be written in place, not reallocated"
+    assert cache.k[0].data_ptr() == k_storage, "the cache must be written in place, not reallocated"
     with pytest.raises(AssertionError):  # the cache is full: block_size reached
         model(torch.tensor([[seq[0]]]), cache=cache)
 
