@@ -40,9 +40,9 @@ from hf_gpt2 import (EXPORTABLE_FIELDS, HF_TO_OUR_GELU, LAYER_NORM_EPS, _transfo
                      common_problems, gpt2_eot, refuse_problems, unexportable_fields,
                      write_hf_folder)
 
-# GPTConfig fields a Starcoder2 holds (window_pattern only when every layer gets one window)
+# GPTConfig fields a Starcoder2 holds, some only at some values (see _check_exportable)
 STARCODER2_FIELDS = EXPORTABLE_FIELDS | {"pos_emb", "rope_theta", "n_kv_head", "attn_window",
-                                         "window_pattern"}
+                                         "window_pattern", "kv_share"}
 # our gelu -> hidden_act; 'gelu_pytorch_tanh' is torch's tanh GELU, the kernel our MLP runs
 OUR_TO_STARCODER2_GELU = {"tanh": "gelu_pytorch_tanh", "exact": "gelu"}
 
@@ -147,7 +147,10 @@ def _check_exportable(config):
     if len({config.layer_window(i) for i in range(config.n_layer)}) > 1:
         problems.append(f"window_pattern={config.window_pattern!r} (windowed and full layers "
                         f"mixed; Starcoder2 has one sliding_window for every layer)")
-    problems += unexportable_fields(config, STARCODER2_FIELDS)  # kv_share, and future fields
+    if config.kv_share > 1:
+        problems.append(f"kv_share={config.kv_share} (layers sharing keys/values; every "
+                        f"Starcoder2 layer projects its own)")
+    problems += unexportable_fields(config, STARCODER2_FIELDS)  # fields model.py adds later
     if problems:
         raise ValueError(f"cannot export to Hugging Face Starcoder2: it has no equivalent of "
                          f"{', '.join(problems)}")

@@ -17,7 +17,7 @@ import torch
 from conftest import (error_lines, make_text, needs_gpt2_bpe, randomize_weights, run_script,
                       run_train, script_env)
 # GPT-2's helpers; importing test_hf also sets HF_HUB_OFFLINE before transformers loads
-from test_hf import assert_gelu_matters, hf_logits, our_logits, run_export
+from test_hf import assert_gelu_matters, hf_logits, our_logits, run_export, tiny_bpe_dir
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, Starcoder2Config, Starcoder2ForCausalLM  # noqa: E402
@@ -219,6 +219,16 @@ def test_export_then_import_is_identical(tmp_path, name):
     assert original.keys() == returned.keys()
     for key in original:
         assert torch.equal(original[key], returned[key]), key
+
+
+def test_export_writes_the_tokenizer_for_starcoder2_too(tmp_path):
+    bpe_dir, vocab = tiny_bpe_dir(tmp_path)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=SEQ, vocab_size=len(vocab),
+                          pos_emb="rope", n_kv_head=2))
+    written = save_hf(model, tmp_path / "hf", tokenizer_dir=str(bpe_dir))
+    assert {"vocab.json", "merges.txt", "tokenizer.json"} <= set(written)
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf").encode("hello!") == \
+        [vocab["hello"], vocab["!"]]
 
 
 def test_all_full_window_pattern_exports_without_a_window(tmp_path):
