@@ -1,6 +1,8 @@
 """
-Export a train.py checkpoint as a Hugging Face GPT-2 folder (config.json, model.safetensors and,
-for GPT-2 BPE models, the tokenizer), then check that transformers computes the same logits.
+Export a train.py checkpoint as a Hugging Face folder (config.json, model.safetensors and, for
+GPT-2 BPE models, the tokenizer), then check that transformers computes the same logits. A model
+with learned positions becomes a GPT-2; a rotary one (pos_emb='rope', any n_kv_head, one
+attn_window for every layer) a Starcoder2. AutoModelForCausalLM loads either.
 
     python export.py --out_dir=out-don --hf_dir=hf-don
     python export.py --out_dir=out-don --hf_dir=hf-don --checkpoint_name=last.pt
@@ -8,7 +10,8 @@ for GPT-2 BPE models, the tokenizer), then check that transformers computes the 
 `python export.py --help` lists every setting below. Needs transformers; runs on the CPU, offline.
 
 Character-level models export too; their ids are the dataset's own vocabulary (meta.json), so
-no Hugging Face tokenizer is written for them. See hf_gpt2.py for what can and cannot be exported.
+no Hugging Face tokenizer is written for them. See hf_gpt2.py and hf_starcoder2.py for what can
+and cannot be exported.
 """
 
 import os
@@ -31,7 +34,7 @@ configure(globals())
 
 from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,  # noqa: E402
                         resolve_name)
-from hf_gpt2 import GPT2_BPE_VOCAB_SIZES, save_hf_gpt2  # noqa: E402
+from hf_gpt2 import GPT2_BPE_VOCAB_SIZES, save_hf  # noqa: E402
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
 
@@ -65,7 +68,7 @@ except ImportError:
 
 transformers.utils.logging.disable_progress_bar()  # a bar for a single shard is only noise
 try:
-    tokenizer_files = save_hf_gpt2(model, hf_dir, tokenizer_dir or None)
+    tokenizer_files = save_hf(model, hf_dir, tokenizer_dir or None)
 except (ValueError, RuntimeError, OSError) as e:
     fail(e)
 print(f"wrote {hf_dir}: {', '.join(sorted(os.listdir(hf_dir)))}")
@@ -77,12 +80,13 @@ if stale:  # left by an earlier export to the same folder; they may describe ano
 
 # ----------------------------------------------------------------------------- parity check
 # Reload what was written, as a user would, and run the same tokens through both models.
-hf, info = transformers.GPT2LMHeadModel.from_pretrained(hf_dir, local_files_only=True,
-                                                        output_loading_info=True)
+hf, info = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True,
+                                                             output_loading_info=True)
 problems = {k: sorted(v) for k, v in info.items() if k != 'error_msgs' and v}
 if problems or info.get('error_msgs'):
     fail(f"transformers did not load {hf_dir} cleanly: {problems or info['error_msgs']}")
 hf.float().eval()
+architecture = type(hf).__name__  # GPT2LMHeadModel or Starcoder2ForCausalLM
 if parity_tokens > 0:
     T = min(parity_tokens, model.config.block_size)
     generator = torch.Generator().manual_seed(seed)
@@ -98,12 +102,12 @@ if parity_tokens > 0:
     # flavour is ~1e-4 of it on a tiny random model, a misplaced weight ~1
     if diff > 1e-4 * max(1.0, scale):
         fail(f"the exported model computes different logits (max difference {diff:.2e}); "
-             f"this is a bug in hf_gpt2.py, please report it")
+             f"this is a bug in the {architecture} export, please report it")
 
 print(f"""
-Load it with transformers:
-    from transformers import GPT2LMHeadModel{', AutoTokenizer' if tokenizer_files else ''}
-    model = GPT2LMHeadModel.from_pretrained({hf_dir!r})""")
+Load it with transformers (or AutoModelForCausalLM):
+    from transformers import {architecture}{', AutoTokenizer' if tokenizer_files else ''}
+    model = {architecture}.from_pretrained({hf_dir!r})""")
 if tokenizer_files:
     print(f"    tokenizer = AutoTokenizer.from_pretrained({hf_dir!r})")
 elif model.config.vocab_size in GPT2_BPE_VOCAB_SIZES:

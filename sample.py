@@ -18,7 +18,7 @@ import torch
 
 # -----------------------------------------------------------------------------
 # defaults (a config file or --key=value overrides any of these)
-init_from = 'resume'  # 'resume' (a checkpoint in out_dir), gpt2*, or a local Hugging Face folder
+init_from = 'resume'  # 'resume' (a checkpoint in out_dir), gpt2*, or a local HF GPT-2/Starcoder2 folder
 out_dir = 'out'  # where train.py wrote its checkpoints
 checkpoint_name = 'ckpt.pt'  # ckpt.pt (best val loss) or last.pt (latest)
 start = "\n"  # the prompt: text, FILE:path, '<|endoftext|>'; several prompts split by '|'

@@ -33,7 +33,7 @@ eval_iters = 200  # batches per split in each evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # write ckpt.pt at every eval, not only when val loss improves
 checkpoint_interval = 0  # write last.pt every this many iterations (0 = at every eval)
-init_from = 'scratch'  # 'scratch', 'resume', 'gpt2*' or a local Hugging Face GPT-2 folder
+init_from = 'scratch'  # 'scratch', 'resume', 'gpt2*' or a local Hugging Face GPT-2/Starcoder2 folder
 resume_checkpoint_name = 'ckpt.pt'  # which checkpoint init_from='resume' reads: ckpt.pt or last.pt
 # logging (a CSV and a PNG plot are always written to out_dir)
 wandb_log = False  # also log to Weights & Biases (WANDB_MODE=offline works)
@@ -238,15 +238,16 @@ elif init_from.startswith('gpt2') or os.path.isdir(init_from) or '/' in init_fro
     if meta and meta.get('tokenizer') == 'char':
         fail(f"dataset {dataset!r} is character-level, but {init_from} expects GPT-2 BPE tokens; "
              f"use a BPE dataset such as data/don (python data/don/prepare.py)")
-    if master_process:
-        print(f"initializing from GPT-2 weights: {init_from}")
     try:
         model = GPT.from_pretrained(init_from, dict(dropout=dropout))
     except (OSError, ValueError, RuntimeError) as e:
         fail(e)
+    if master_process:  # a Starcoder2 folder loads as a rotary model (hf_starcoder2.py)
+        kind = 'Starcoder2' if model.config.pos_emb == 'rope' else 'GPT-2'
+        print(f"initializing from {kind} weights: {init_from}")
 else:
     fail(f"init_from={init_from!r}: use 'scratch', 'resume', gpt2/gpt2-medium/gpt2-large/gpt2-xl "
-         f"or the path of a local Hugging Face GPT-2 folder")
+         f"or the path of a local Hugging Face GPT-2 or Starcoder2 folder")
 if vocab_size is not None and vocab_size > model.config.vocab_size:
     fail(f"dataset vocabulary ({vocab_size}) is larger than the model's ({model.config.vocab_size})")
 if block_size < model.config.block_size:

@@ -92,12 +92,14 @@ def skip_without_gpt2_bpe():
 def randomize_weights(model, seed=0, std=0.3):
     """Every weight N(0, std) (LayerNorm gains N(1, std)), far from GPT-2's small init: logits
     are O(1)-O(10), attention is peaked, so a wrong mask or position moves them visibly and
-    greedy choices are not near-ties. Returns the model."""
+    greedy choices are not near-ties. Works on our GPT (ln_*) and on a Hugging Face model whose
+    LayerNorms are named *norm. Returns the model."""
     import torch
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            gain = 1.0 if "ln_" in name and name.endswith(".weight") else 0.0
+            is_norm = "ln_" in name or "norm" in name
+            gain = 1.0 if is_norm and name.endswith(".weight") else 0.0
             p.copy_(torch.randn(p.shape, generator=g) * std + gain)
     return model
 

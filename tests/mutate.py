@@ -61,6 +61,7 @@ SAMPLING = "tests/test_sampling.py"
 TOP_P = f"{SAMPLING}::test_top_p_keeps_the_smallest_set_reaching_p"
 FREQUENCIES = f"{SAMPLING}::test_sample_frequencies_follow_temperature_and_filters"
 VARIANTS = "tests/test_attention_variants.py"
+HF_VARIANTS = "tests/test_hf_variants.py"
 
 MUTANTS = [
     # ---------------------------------------------------------------- data windows and targets
@@ -149,6 +150,14 @@ MUTANTS = [
            'HF_TO_OUR_GELU = {"gelu_new": "tanh",',
            'HF_TO_OUR_GELU = {"gelu_new": "exact",',
            ("tests/test_hf.py", GPT2)),
+    Mutant("starcoder2-export-window-one-wider", "hf_starcoder2.py",
+           "sliding_window=window or None,",
+           "sliding_window=window + 1 if window else None,",
+           (HF_VARIANTS,)),
+    Mutant("starcoder2-import-window-one-wider", "hf_starcoder2.py",
+           "attn_window=config.sliding_window or 0,",
+           "attn_window=(config.sliding_window or -1) + 1,",
+           (HF_VARIANTS,)),
     Mutant("lm-head-untied", "model.py",
            "        self.transformer.wte.weight = self.lm_head.weight\n",
            "",

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from conftest import error_lines, randomize_weights, run_script, run_train  # noqa: E402
+from conftest import randomize_weights, run_script, run_train  # noqa: E402
 from engine import KVCache  # noqa: E402
 from model import GPT, GPTConfig, NANOGPT_MODEL_ARGS, apply_rope, rope_angles  # noqa: E402
 
@@ -366,19 +366,6 @@ def test_variant_trains_resumes_and_samples(name, char_dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming from" in result.stdout and "saved" in result.stdout
     assert len(sample_text(out_dir, tmp_path, 40)) == 41  # 'A' and 40 tokens: past block_size 16
-
-
-def test_export_refuses_a_rope_model_in_one_line(char_dataset, tmp_path):
-    out_dir = tmp_path / "out"
-    result = run_train(char_dataset, out_dir, "--pos_emb=rope", "--max_iters=1", "--eval_interval=1",
-                       cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    result = run_script("export.py", f"--out_dir={out_dir}", f"--hf_dir={tmp_path / 'hf'}", cwd=tmp_path)
-    assert result.returncode == 1
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: cannot export") and \
-        "pos_emb='rope'" in lines[0], result.stderr
-    assert not (tmp_path / "hf").exists()
 
 
 def test_longer_block_size_from_a_learned_checkpoint(char_dataset, tmp_path):

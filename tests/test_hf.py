@@ -262,8 +262,9 @@ def _bytes_to_unicode():
     return chars
 
 
-def test_export_writes_tokenizer_from_tokenizer_dir(tmp_path):
-    # a tiny BPE in OpenAI's file names: 256 byte tokens, 4 merges that spell "hello"
+def tiny_bpe_dir(tmp_path):
+    """A tiny BPE in OpenAI's file names: 256 byte tokens, 4 merges that spell "hello" and
+    <|endoftext|>. Returns (folder, vocab)."""
     alphabet = list(_bytes_to_unicode().values())
     merges = ["h e", "l l", "he ll", "hell o"]
     vocab = {c: i for i, c in enumerate(alphabet)}
@@ -274,7 +275,11 @@ def test_export_writes_tokenizer_from_tokenizer_dir(tmp_path):
     bpe_dir.mkdir()
     (bpe_dir / "encoder.json").write_text(json.dumps(vocab))
     (bpe_dir / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return bpe_dir, vocab
 
+
+def test_export_writes_tokenizer_from_tokenizer_dir(tmp_path):
+    bpe_dir, vocab = tiny_bpe_dir(tmp_path)
     model = GPT(GPTConfig(**TINY_OURS, vocab_size=len(vocab) + 3))
     written = save_hf_gpt2(model, tmp_path / "hf", tokenizer_dir=str(bpe_dir))
     assert {"vocab.json", "merges.txt", "tokenizer.json"} <= set(written)
