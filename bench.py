@@ -7,6 +7,8 @@ a profiler view, and generation speed with and without the KV cache.
     python bench.py --compare="--dtype=float32 --fast_cpu=False"  # ours vs nanoGPT's CPU path
     python bench.py --profile=True                           # where the time of a step goes
     python bench.py --mode=generate                          # tokens/s: KV cache vs recompute
+    python bench.py --mode=generate --pos_emb=rope           # ... vs transformers' generate too
+    python bench.py --n_kv_head=2 --attn_window=64 --window_pattern=SSSL  # any attention variant
     python bench.py --quick=True                             # a tiny smoke run
 
 Timings on a shared machine are noisy: the comparison alternates A and B (A B A B ...) and
@@ -32,6 +34,12 @@ n_head = 6
 n_embd = 384
 dropout = 0.2
 bias = False
+pos_emb = 'learned'  # attention variants, as in train.py (README: Attention variants)
+rope_theta = 10000.0
+n_kv_head = 0
+attn_window = 0
+window_pattern = ''
+kv_share = 1
 learning_rate = 1e-3
 weight_decay = 1e-1
 beta1 = 0.9
@@ -48,8 +56,9 @@ rounds = 1  # with compare: A B A B ... this many times
 compare = ''  # other settings to time against these, e.g. "--dtype=float32 --compile=False"
 peak_flops = 0.0  # FLOP/s that MFU is relative to; 0 = measure a matmul in the run's dtype
 profile = False  # run torch.profiler over a few steps and print the top operators
-max_new_tokens = 500  # generate mode: tokens per sample (one sample, one-token prompt)
-window_chunk = 64  # generate mode: also time this approximate past-the-window setting
+max_new_tokens = 1000  # generate mode: tokens per sample (one sample, one-token prompt)
+window_chunk = 64  # generate mode, learned positions: also time this approximate setting
+hf_generate = True  # generate mode: also time transformers' generate on the exported model
 quick = False  # tiny shapes and few steps: checks that everything runs
 # -----------------------------------------------------------------------------
 # keys that train.py's config files set and a benchmark has no use for
@@ -63,12 +72,14 @@ config = configure(globals(), ignore=TRAIN_ONLY)
 
 import os  # noqa: E402
 
+from engine import KVCache  # noqa: E402
 from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
 from runtime import autocast_context, measure_peak_flops, pick_device, pick_dtype, \
     reuse_freed_memory, sync  # noqa: E402
 from textdata import count_tokens, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share')
 
 if quick:
     config.update(batch_size=4, block_size=32, n_layer=2, n_head=2, n_embd=32, warmup_iters=1,
@@ -119,9 +130,12 @@ class Runner:
                 sys.exit(f"error: {self.bin_path} has {n_tokens} tokens, not more than "
                          f"block_size={s['block_size']}; use a smaller --block_size")
         vocab = self.meta['vocab_size'] if self.meta else s['vocab_size']
-        cfg = GPTConfig(n_layer=s['n_layer'], n_head=s['n_head'], n_embd=s['n_embd'],
-                        block_size=s['block_size'], vocab_size=vocab, dropout=s['dropout'],
-                        bias=s['bias'])
+        try:
+            cfg = GPTConfig(n_layer=s['n_layer'], n_head=s['n_head'], n_embd=s['n_embd'],
+                            block_size=s['block_size'], vocab_size=vocab, dropout=s['dropout'],
+                            bias=s['bias'], **{k: s[k] for k in VARIANT_KEYS})
+        except ValueError as e:
+            sys.exit(f"error: {e}")
         self.raw_model = GPT(cfg).to(self.device)
         set_fast_cpu(self.raw_model, s['fast_cpu'])
         self.model = torch.compile(self.raw_model) if s['compile'] else self.raw_model
@@ -176,11 +190,22 @@ class Runner:
 
 
 def describe(s, r):
+    cfg = r.raw_model.config
+    variant = ', '.join(f"{k}={s[k]!r}" for k in VARIANT_KEYS if s[k] != getattr(GPTConfig, k))
     return (f"{s['n_layer']} layers, {s['n_head']} heads, {s['n_embd']} wide, block "
             f"{s['block_size']}, batch {s['batch_size']}x{s['gradient_accumulation_steps']}, "
             f"dropout {s['dropout']}, {r.device} {r.dtype}, compile {s['compile']}, "
             f"{r.raw_model.get_num_params() / 1e6:.2f}M params, "
-            f"{'data ' + s['dataset'] if s['dataset'] else 'random tokens'}")
+            f"{'data ' + s['dataset'] if s['dataset'] else 'random tokens'}"
+            f"{'; ' + variant if variant else ''}; KV cache {kv_bytes_per_token(cfg, r.dtype)}")
+
+
+def kv_bytes_per_token(cfg, dtype):
+    """What one sequence's full KV cache (block_size tokens of context) holds, per token."""
+    itemsize = getattr(torch, dtype).itemsize  # the cache holds what autocast computes
+    slots = sum(KVCache.for_model(cfg, 1, cfg.block_size).capacities)
+    total = slots * 2 * cfg.kv_heads * (cfg.n_embd // cfg.n_head) * itemsize  # keys and values
+    return f"{total / cfg.block_size:,.0f} bytes/token ({total / 1024:,.0f} KiB at block_size)"
 
 
 def peak_for(runner):
@@ -223,33 +248,96 @@ def profile_steps(runner, steps=3):
 
 
 def bench_generate():
+    """Tokens/s of one greedy sample from a one-token prompt: our KV cache against nanoGPT's
+    loop (a forward over the last block_size tokens per new token) and, inside block_size,
+    transformers' generate on the same weights exported; the tokens are checked too."""
     r = Runner(config, 'generate')
     model = r.raw_model.eval()
-    window = model.config.block_size
-    print(f"generate: {describe(config, r)}; {config['max_new_tokens']} new tokens, one sample")
-    variants = [('recompute (nanoGPT)', dict(use_cache=False)),
-                ('KV cache, exact', dict(use_cache=True)),
-                (f"KV cache, window_chunk={config['window_chunk']}",
-                 dict(use_cache=True, window_chunk=min(config['window_chunk'], window)))]
+    cfg, n = model.config, config['max_new_tokens']
+    inside = min(n, cfg.block_size - 1)  # new tokens that fit in the context with the prompt
+    print(f"generate: {describe(config, r)}; {n} new tokens, one sample")
     prompt = torch.zeros((1, 1), dtype=torch.long, device=r.device)
-    results = {}
-    for name, kwargs in variants:
-        with r.ctx:
-            model.generate(prompt, min(8, config['max_new_tokens']), **kwargs)  # warm-up
-            times = []
-            for _ in range(config['rounds']):
+    runs = {'recompute (nanoGPT)': (n, lambda k: recompute_greedy(model, prompt, k)),
+            'KV cache': (n, lambda k: model.generate(prompt, k, temperature=0))}
+    if cfg.pos_emb == 'learned' and n > inside:
+        chunk = min(config['window_chunk'], cfg.block_size)
+        runs[f"KV cache, window_chunk={chunk}"] = (n, lambda k: model.generate(
+            prompt, k, temperature=0, window_chunk=chunk))
+    hf = exported_to_transformers(model) if config['hf_generate'] else None
+    if hf is not None:
+        runs['KV cache, inside block_size'] = (inside, runs['KV cache'][1])
+        runs["transformers generate, inside block_size"] = (inside, lambda k: hf.generate(
+            prompt, do_sample=False, min_new_tokens=k, max_new_tokens=k, pad_token_id=0))
+    times, outputs = {name: [] for name in runs}, {}
+    with r.ctx:
+        for name, (k, run) in runs.items():
+            run(min(8, k))  # warm-up
+        for _ in range(config['rounds']):  # A B A B ...: drift hits every setting alike
+            for name, (k, run) in runs.items():
                 t0 = time.perf_counter()
-                model.generate(prompt, config['max_new_tokens'], temperature=1.0, **kwargs)
+                outputs[name] = run(k)
                 sync(r.device_type)
-                times.append(time.perf_counter() - t0)
-        results[name] = config['max_new_tokens'] / statistics.median(times)
-    base = results[variants[0][0]]
-    for name, tps in results.items():
-        print(f"{name:>28}: {tps:8.1f} tokens/s  ({tps / base:.1f}x recompute)")
-    past = max(0, config['max_new_tokens'] + 1 - window)
-    if past:
-        print(f"({past} of the tokens are past block_size={window}: exact cropping costs a "
+                times[name].append(time.perf_counter() - t0)
+    tps = {name: runs[name][0] / statistics.median(t) for name, t in times.items()}
+    for name, value in tps.items():
+        print(f"{name:>40}: {value:8.1f} tokens/s  ({value / tps['recompute (nanoGPT)']:.1f}x "
+              f"recompute, {runs[name][0]} tokens)")
+    if hf is not None:
+        ratio = tps['KV cache, inside block_size'] / tps['transformers generate, inside block_size']
+        same = torch.equal(outputs['KV cache, inside block_size'].cpu(),
+                           outputs['transformers generate, inside block_size'].cpu())
+        print(f"KV cache / transformers generate: {ratio:.2f}x; greedy tokens identical: {same}")
+    check_against_reference(model, outputs['KV cache'])
+    past = max(0, n + 1 - cfg.block_size)
+    if past and cfg.pos_emb == 'learned':
+        print(f"({past} of the tokens are past block_size={cfg.block_size}: exact cropping costs a "
               f"full-window forward each; window_chunk trades exactness for speed there)")
+
+
+@torch.inference_mode()
+def recompute_greedy(model, prompt, n):
+    """nanoGPT's sampling loop, greedy: a forward over the last block_size tokens per token."""
+    idx = prompt
+    for _ in range(n):
+        logits, _ = model(idx[:, -model.config.block_size:])
+        idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    return idx
+
+
+@torch.inference_mode()
+def check_against_reference(model, out):
+    """The cached greedy tokens must be what the reference predicts at every step: for
+    rope/none, one forward over the whole sequence with a band of block_size at every layer
+    (teacher-forced, so every step is checked at once); learned positions, inside block_size."""
+    cfg = model.config
+    if cfg.pos_emb == 'learned':
+        out = out[:, :cfg.block_size + 1]  # the first block_size + 1 tokens: no crop yet
+    logits, _ = model(out[:, :-1], all_logits=True, band=cfg.block_size)  # (1, T, V)
+    agree = (logits.argmax(dim=-1) == out[:, 1:]).float().mean().item()
+    print(f"greedy tokens equal to the {'banded full forward' if cfg.pos_emb != 'learned' else 'full forward'} "
+          f"at {agree * 100:.1f}% of {out.size(1) - 1} steps")
+    if agree < 1:
+        sys.exit("error: the cached tokens differ from the reference")
+
+
+def exported_to_transformers(model):
+    """Our model written as a Hugging Face folder and loaded back with AutoModelForCausalLM,
+    or None (with the reason) when transformers is missing or the variant cannot export."""
+    import tempfile
+    try:
+        import transformers
+        from hf_gpt2 import save_hf
+    except ImportError as e:
+        print(f"note: no transformers comparison ({e})")
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            save_hf(model.cpu(), folder)
+        except ValueError as e:
+            print(f"note: no transformers comparison: {e}")
+            return None
+        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    return hf.to(model.lm_head.weight.device).eval()
 
 
 torch.set_grad_enabled(True)

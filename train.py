@@ -83,6 +83,8 @@ peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul 
 # -----------------------------------------------------------------------------
 from configurator import configure, is_main_process, make_folder  # noqa: E402  (after the defaults)
 
+VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share')
+VARIANT_DEFAULTS = {key: globals()[key] for key in VARIANT_KEYS}  # before any override
 config = configure(globals())
 # a block_size set by the user (not the default 1024 above) that is longer than a resumed or
 # GPT-2 model's grows the model's context; the default keeps the model's own
@@ -248,6 +250,16 @@ elif init_from.startswith('gpt2') or os.path.isdir(init_from) or '/' in init_fro
 else:
     fail(f"init_from={init_from!r}: use 'scratch', 'resume', gpt2/gpt2-medium/gpt2-large/gpt2-xl "
          f"or the path of a local Hugging Face GPT-2 or Starcoder2 folder")
+if init_from != 'scratch' and master_process:
+    # the architecture comes from the checkpoint or the weights; say so when a variant setting
+    # asked for something else, rather than train a model the user did not ask for in silence
+    ignored = [k for k in VARIANT_KEYS
+               if config[k] != VARIANT_DEFAULTS[k] and config[k] != getattr(model.config, k)]
+    if ignored:
+        asked = ', '.join(f"{k}={config[k]!r}" for k in ignored)
+        kept = ', '.join(f"{k}={getattr(model.config, k)!r}" for k in ignored)
+        note(f"{asked} ignored: the model from {init_from} keeps its own {kept} (these "
+             f"settings shape a model trained from scratch)")
 if vocab_size is not None and vocab_size > model.config.vocab_size:
     fail(f"dataset vocabulary ({vocab_size}) is larger than the model's ({model.config.vocab_size})")
 if block_size < model.config.block_size:

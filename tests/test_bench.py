@@ -35,9 +35,35 @@ def test_quick_train_bench_prints_every_field():
 
 
 def test_quick_generate_bench_reports_cache_and_recompute():
-    out = bench("--mode=generate")
+    out = bench("--mode=generate", "--hf_generate=False")
     assert re.search(r"recompute \(nanoGPT\):\s+[\d.]+ tokens/s", out), out
-    assert re.search(r"KV cache, exact:\s+[\d.]+ tokens/s", out), out
+    assert re.search(r"KV cache:\s+[\d.]+ tokens/s", out), out
+    assert re.search(r"KV cache, window_chunk=8:\s+[\d.]+ tokens/s", out), out
+    assert "greedy tokens equal to the full forward at 100.0% of 32 steps" in out, out
+
+
+def test_generate_bench_of_a_variant_checks_tokens_and_compares_with_transformers():
+    """A rope/GQA/window model past block_size: the cached tokens are checked against the
+    banded forward, and inside block_size against transformers' generate on the export."""
+    out = bench("--mode=generate", "--pos_emb=rope", "--n_kv_head=1", "--attn_window=8")
+    assert "pos_emb='rope', n_kv_head=1, attn_window=8" in out, out
+    assert "KV cache 64 bytes/token (2 KiB at block_size)" in out, out  # 8 slots x 2 x 32 x 4 B
+    assert "greedy tokens equal to the banded full forward at 100.0% of 40 steps" in out, out
+    assert re.search(r"transformers generate, inside block_size:\s+[\d.]+ tokens/s", out), out
+    assert "greedy tokens identical: True" in out, out
+    assert "window_chunk" not in out  # learned positions only
+
+
+def test_train_bench_takes_the_variant_settings():
+    out = bench("--kv_share=2", "--n_kv_head=1", "--pos_emb=none")
+    assert "pos_emb='none', n_kv_head=1, kv_share=2" in out, out
+    # 2 layers sharing one set of 1 kv head of 16 dims: 2 x 16 x 4 bytes per token
+    assert "KV cache 128 bytes/token (4 KiB at block_size)" in out, out
+    assert re.search(r"result: [\d.]+ ms/iter", out), out
+    bad = subprocess.run([sys.executable, "bench.py", "--quick=True", "--n_kv_head=3"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == \
+        ["error: n_kv_head=3 must divide n_head=2 (0 = n_head, 1 = multi-query)"], bad.stderr
 
 
 @pytest.mark.skipif(not __import__("runtime").cpu_has_fast_bf16(),
