@@ -306,6 +306,20 @@ def test_decoding_past_block_size_is_the_banded_forward(name):
     assert (crop[0, -1] - ours[0, -1]).abs().max() > 1e-3
 
 
+def test_context_window_is_the_band_for_rope_and_none():
+    """context_window=W bounds every prediction of a rope/none model to W tokens back at every
+    layer: the hand-written forward with band W, greedy, for a ragged batch."""
+    model = randomize(tiny_model(**VARIANTS["all"]))
+    W = 6
+    prompts = [random_batch(1, 3, seed=7)[0].tolist(), random_batch(1, 9, seed=8)[0].tolist()]
+    cached = [t.tolist() for t in model.generate_stream(prompts, 20, temperature=0, context_window=W)]
+    for row, prompt in enumerate(prompts):
+        seq = list(prompt)
+        for _ in range(20):
+            seq.append(int(naive_logits(model, torch.tensor([seq]), band=W)[0, -1].argmax()))
+        assert [step[row] for step in cached] == seq[len(prompt):], f"row {row}"
+
+
 @pytest.mark.parametrize("kw, slots", [(dict(pos_emb="rope", attn_window=4), 4),
                                        (dict(pos_emb="rope"), 16),
                                        (dict(pos_emb="none", n_kv_head=1, attn_window=6,
