@@ -9,6 +9,7 @@ a profiler view, and generation speed with and without the KV cache.
     python bench.py --mode=generate                          # tokens/s: KV cache vs recompute
     python bench.py --mode=generate --pos_emb=rope           # ... vs transformers' generate too
     python bench.py --n_kv_head=2 --attn_window=64 --window_pattern=SSSL  # any attention variant
+    python bench.py --mode=generate --checkpoint=out-don-small-char/ckpt.pt  # a trained model
     python bench.py --quick=True                             # a tiny smoke run
 
 Timings on a shared machine are noisy: the comparison alternates A and B (A B A B ...) and
@@ -59,6 +60,7 @@ profile = False  # run torch.profiler over a few steps and print the top operato
 max_new_tokens = 1000  # generate mode: tokens per sample (one sample, one-token prompt)
 window_chunk = 64  # generate mode, learned positions: also time this approximate setting
 hf_generate = True  # generate mode: also time transformers' generate on the exported model
+checkpoint = ''  # a train.py checkpoint (.pt) to time instead of random weights of the shape above
 quick = False  # tiny shapes and few steps: checks that everything runs
 # -----------------------------------------------------------------------------
 # keys that train.py's config files set and a benchmark has no use for
@@ -72,6 +74,7 @@ config = configure(globals(), ignore=TRAIN_ONLY)
 
 import os  # noqa: E402
 
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint  # noqa: E402
 from engine import KVCache  # noqa: E402
 from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
 from runtime import autocast_context, measure_peak_flops, pick_device, pick_dtype, \
@@ -80,6 +83,7 @@ from textdata import count_tokens, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share')
+MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') + VARIANT_KEYS
 
 if quick:
     config.update(batch_size=4, block_size=32, n_layer=2, n_head=2, n_embd=32, warmup_iters=1,
@@ -130,13 +134,22 @@ class Runner:
                 sys.exit(f"error: {self.bin_path} has {n_tokens} tokens, not more than "
                          f"block_size={s['block_size']}; use a smaller --block_size")
         vocab = self.meta['vocab_size'] if self.meta else s['vocab_size']
-        try:
-            cfg = GPTConfig(n_layer=s['n_layer'], n_head=s['n_head'], n_embd=s['n_embd'],
-                            block_size=s['block_size'], vocab_size=vocab, dropout=s['dropout'],
-                            bias=s['bias'], **{k: s[k] for k in VARIANT_KEYS})
-        except ValueError as e:
-            sys.exit(f"error: {e}")
-        self.raw_model = GPT(cfg).to(self.device)
+        if s['checkpoint']:  # its model_args decide the shape and the variant
+            try:
+                model = model_from_checkpoint(load_checkpoint(s['checkpoint'], 'cpu'),
+                                              dropout=s['dropout'], path=s['checkpoint'])
+            except CheckpointError as e:
+                sys.exit(f"error: {e}")
+            s.update({k: getattr(model.config, k) for k in MODEL_KEYS})
+        else:
+            try:
+                model = GPT(GPTConfig(n_layer=s['n_layer'], n_head=s['n_head'], n_embd=s['n_embd'],
+                                      block_size=s['block_size'], vocab_size=vocab,
+                                      dropout=s['dropout'], bias=s['bias'],
+                                      **{k: s[k] for k in VARIANT_KEYS}))
+            except ValueError as e:
+                sys.exit(f"error: {e}")
+        self.raw_model = model.to(self.device)
         set_fast_cpu(self.raw_model, s['fast_cpu'])
         self.model = torch.compile(self.raw_model) if s['compile'] else self.raw_model
         self.optimizer = self.raw_model.configure_optimizers(
@@ -266,8 +279,10 @@ def bench_generate():
     hf = exported_to_transformers(model) if config['hf_generate'] else None
     if hf is not None:
         runs['KV cache, inside block_size'] = (inside, runs['KV cache'][1])
+        # an explicit mask: transformers would otherwise take the prompt's token 0 for padding
         runs["transformers generate, inside block_size"] = (inside, lambda k: hf.generate(
-            prompt, do_sample=False, min_new_tokens=k, max_new_tokens=k, pad_token_id=0))
+            prompt, attention_mask=torch.ones_like(prompt), do_sample=False, min_new_tokens=k,
+            max_new_tokens=k, pad_token_id=0))
     times, outputs = {name: [] for name in runs}, {}
     with r.ctx:
         for name, (k, run) in runs.items():

@@ -121,7 +121,9 @@ class Dropout(nn.Dropout):
     fast_cpu = True  # False = torch's kernel everywhere (nanoGPT's path; train.py --fast_cpu=False)
 
     def forward(self, x):
-        if not (self.fast_cpu and self.training and self.p > 0 and x.device.type == "cpu"):
+        if not self.training or self.p == 0:
+            return x  # what nn.Dropout returns then, without a dispatch per call while decoding
+        if not (self.fast_cpu and x.device.type == "cpu"):
             return super().forward(x)
         if self.p >= 1:
             return torch.zeros_like(x)
@@ -289,7 +291,9 @@ def apply_rope(x, cos, sin):
     swapped times the signed sin, one fused multiply-add. Pairs are the two halves, not
     neighbours (Hugging Face Llama/Starcoder2's layout), so an export needs no reordering."""
     x1, x2 = x.chunk(2, dim=-1)  # (B, T, heads, hd/2) each
-    return torch.addcmul(x * cos.to(x.dtype), torch.cat([x2, x1], dim=-1), sin.to(x.dtype))
+    if cos.dtype != x.dtype:  # bf16/fp16 autocast
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.addcmul(x * cos, torch.cat([x2, x1], dim=-1), sin)
 
 
 def causal_mask(q_start, S, window, device):
