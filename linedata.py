@@ -97,8 +97,15 @@ def prepare_lines(dataset_dir, numbered_lines, source, answer_separator=None, va
         print(f"dropped {empty:,} empty line(s) and {repeats:,} repeated line(s)"
               + (" (--keep_repeats keeps them, but then a line can be in two splits)"
                  if repeats else ""))
-    if answer_separator is not None and END_OF_LINE in answer_separator:
-        raise SystemExit("error: the answer separator can't contain the end of line")
+    if answer_separator is not None:
+        if not answer_separator or END_OF_LINE in answer_separator:
+            raise SystemExit(f"error: answer separator {answer_separator!r}: give the text that "
+                             f"ends each question, e.g. '=' (not empty, no end of line)")
+        missing = next(((n, line) for n, line in kept if answer_separator not in line), None)
+        if missing:
+            raise SystemExit(f"error: line {missing[0]} of {source} has no answer separator "
+                             f"{answer_separator!r}: {missing[1][:80]!r}; fix the line, or leave "
+                             f"out --answer_separator")
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(kept))
         kept = [kept[i] for i in order]
@@ -266,6 +273,9 @@ class LineDataset:
                 raise ValueError(f"line dataset {data_dir} has no {split}.bin; re-create it with "
                                  f"its prepare.py")
             self.splits[split] = LineSplit(path, meta["dtype"], self.eol_id, split)
+            if not len(self.splits[split]):
+                raise ValueError(f"the {split} split of {data_dir} has no lines; prepare it again "
+                                 f"with a {split}_fraction above 0 (and enough lines)")
 
     def __getitem__(self, split):
         return self.splits[split]

@@ -7,6 +7,7 @@ Sample from a trained model (a checkpoint in out_dir) or from GPT-2 weights.
     python sample.py --start="To be|Once upon a time" --stop="\n\n"   # two prompts, one batch
     python sample.py --init_from=gpt2-xl --start="What is the answer?" --num_samples=5
     python sample.py --out_dir=out-don-char --interactive=True       # a prompt loop
+    python sample.py --out_dir=out-add --start="12+34=|99+99=" --temperature=0 --num_samples=1
 `python sample.py --help` lists every setting below.
 """
 

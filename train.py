@@ -7,6 +7,8 @@ One process on a CPU, a GPU or Apple's MPS:
 Distributed data parallel, one process per GPU (or per CPU socket, with gloo):
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py
+A line dataset (one sample per line; README: Line datasets and tasks), with accuracy at each eval:
+    python train.py config/train_add.py
 Resume where a run stopped (exactly: same batches, same random numbers):
     python train.py config/train_don_char.py --init_from=resume --resume_checkpoint_name=last.pt
 `python train.py --help` lists every setting below.

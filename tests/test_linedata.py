@@ -227,6 +227,21 @@ def test_line_without_separator_is_named(tmp_path):
         data.set_targets("answer", "=")
 
 
+def test_prepare_refuses_a_line_without_the_separator_and_an_empty_split(tmp_path):
+    source = write_lines(tmp_path / "lines.txt", LINES[:40] + ["no separator here"] + LINES[40:])
+    with pytest.raises(SystemExit, match=r"^error: line 41 of .*lines.txt has no answer separator '=': "
+                                         r"'no separator here'; fix the line, or leave out --answer_separator$"):
+        prepare("data/charline/prepare.py", f"--input={source}", f"--dataset={tmp_path / 'd'}",
+                "--answer_separator==", cwd=tmp_path)
+    assert not (tmp_path / "d" / "train.bin").exists()
+    prepare("data/charline/prepare.py", f"--input={source}", f"--dataset={tmp_path / 'e'}",
+            "--test_fraction=0", cwd=tmp_path)
+    assert (tmp_path / "e" / "test.bin").stat().st_size == 0
+    with pytest.raises(ValueError, match=r"the test split of .* has no lines; prepare it again with "
+                                         r"a test_fraction above 0"):
+        LineDataset(str(tmp_path / "e"), load_meta(str(tmp_path / "e")))
+
+
 # ----------------------------------------------------------------------------- train.py
 
 
