@@ -208,7 +208,7 @@ class LineSplit:
     def __init__(self, bin_path, dtype, eol_id, name):
         self.name = name
         # a line dataset is small next to RAM (it is the point of one), so it is read in whole
-        self.tokens = np.fromfile(bin_path, dtype=np.dtype(dtype)).astype(np.int64)
+        self.tokens = np.fromfile(bin_path, dtype=np.dtype(dtype))
         self.eol_id = eol_id
         ends = np.flatnonzero(self.tokens == eol_id)  # each line's end-of-line token
         if len(self.tokens) and (len(ends) == 0 or ends[-1] != len(self.tokens) - 1):
@@ -231,7 +231,7 @@ class LineSplit:
         hits = find_all(self.tokens, separator_ids)
         first = np.searchsorted(hits, self.starts)  # the first hit at or after each line start
         found = first < len(hits)
-        at = np.where(found, hits[np.minimum(first, len(hits) - 1)], -1)
+        at = hits[np.minimum(first, len(hits) - 1)] if len(hits) else np.zeros_like(self.starts)
         found &= at + len(separator_ids) <= self.starts + self.lengths  # inside the line
         if not found.all():
             i = int(np.flatnonzero(~found)[0])
