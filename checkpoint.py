@@ -16,6 +16,8 @@ import torch
 
 from model import GPT, GPTConfig
 
+REPO = os.path.dirname(os.path.abspath(__file__))
+
 
 class CheckpointError(ValueError):
     """A checkpoint that can't be used; the message is one line that names the file."""
@@ -171,3 +173,30 @@ def model_from_checkpoint(ckpt, dropout=None, path="the checkpoint"):
         detail = " ".join(line.strip() for line in first[:2])[:200]
         raise CheckpointError(f"{path}: the weights don't match its model_args ({detail})") from None
     return model
+
+
+def load_model(init_from="resume", out_dir="out", checkpoint_name="ckpt.pt", device="cpu"):
+    """The model to sample from or evaluate, in eval mode on `device`, with what came with it:
+    (model, meta, config).
+
+    init_from='resume' reads out_dir/checkpoint_name: meta is the vocabulary saved in it (for a
+    nanoGPT checkpoint, which has none, the meta of its dataset's folder), config the train.py
+    settings it was trained with. Anything else goes to GPT.from_pretrained (gpt2*, a Hugging
+    Face folder): meta None (GPT-2 BPE) and config None. Raises CheckpointError, or the
+    OSError / ValueError / RuntimeError of from_pretrained, each a one-line message."""
+    from textdata import load_meta  # here: checkpoint.py itself needs no tokenizer
+
+    meta = config = None
+    if init_from == "resume":
+        ckpt_path = os.path.join(out_dir, resolve_name(checkpoint_name))
+        ckpt = load_checkpoint(ckpt_path, device)
+        model = model_from_checkpoint(ckpt, dropout=0.0, path=ckpt_path)
+        meta, config = ckpt.get("meta"), ckpt.get("config") or {}
+        if meta is None and config.get("dataset"):  # nanoGPT: the vocabulary is in the data folder
+            meta = load_meta(os.path.join(REPO, "data", config["dataset"]))
+        del ckpt
+    else:
+        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+    model.eval()
+    model.to(device)
+    return model, meta, config

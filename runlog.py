@@ -7,15 +7,18 @@ train.py makes one RunLog on rank 0 and feeds it every logged step and every eva
     log = RunLog(out_dir, config, resume_iter=iter_num if resuming else None,
                  tensorboard=False, wandb=False, wandb_project='owt', wandb_run_name='gpt2')
     log.train(iter_num, loss, lr, ms_per_iter, tokens_per_s, mfu)   # mfu may be None
-    log.eval(iter_num, train_loss, val_loss, lr)                    # also redraws loss.png
+    log.eval(iter_num, train_loss, val_loss, lr, accuracy)          # accuracy may be None;
+                                                                    # also redraws loss.png
     log.close()
 
 What lands in out_dir:
-    log.csv       iter,kind,loss,train_loss,val_loss,lr,ms_per_iter,tokens_per_s,mfu
-                  kind is 'train' or 'eval'; cells that don't apply to the kind stay empty.
+    log.csv       iter,kind,loss,train_loss,val_loss,lr,ms_per_iter,tokens_per_s,mfu,accuracy
+                  kind is 'train' or 'eval'; cells that don't apply to the kind stay empty
+                  (accuracy: a fraction, at evals of runs with eval_accuracy on a line dataset).
                   Flushed after every row, so a killed run keeps its log. A resumed run drops
                   the rows at or after the resume iteration and carries on below the rest.
-    loss.png      train loss (thin), eval train/val loss (markers), learning rate (right axis).
+    loss.png      train loss (thin), eval train/val loss (markers), learning rate (right axis);
+                  below them the val accuracy, when the run measures it.
     tensorboard/  event files, when tensorboard=True  (tensorboard --logdir <out_dir>)
     wandb/        the wandb run folder, when wandb=True (WANDB_MODE=offline works)
 
@@ -27,7 +30,8 @@ import math
 import os
 import time
 
-COLUMNS = ("iter", "kind", "loss", "train_loss", "val_loss", "lr", "ms_per_iter", "tokens_per_s", "mfu")
+COLUMNS = ("iter", "kind", "loss", "train_loss", "val_loss", "lr", "ms_per_iter", "tokens_per_s", "mfu",
+           "accuracy")
 
 
 def read_log(csv_path):
@@ -186,12 +190,15 @@ class RunLog:
                                  "perf/tokens_per_s": float(tokens_per_s),
                                  "perf/mfu": None if mfu is None else float(mfu)})
 
-    def eval(self, iter_num, train_loss, val_loss, lr):
-        """One evaluation; also redraws loss.png."""
+    def eval(self, iter_num, train_loss, val_loss, lr, accuracy=None):
+        """One evaluation (accuracy: a fraction of val lines answered right, or None); also
+        redraws loss.png."""
+        accuracy = None if accuracy is None else float(accuracy)
         self._append(iter=int(iter_num), kind="eval", train_loss=float(train_loss),
-                     val_loss=float(val_loss), lr=float(lr))
+                     val_loss=float(val_loss), lr=float(lr), accuracy=accuracy)
         self._scalars(iter_num, {"eval/train_loss": float(train_loss),
-                                 "eval/val_loss": float(val_loss), "lr": float(lr)})
+                                 "eval/val_loss": float(val_loss), "lr": float(lr),
+                                 "eval/accuracy": accuracy})
         if self.tb_writer is not None:
             self.tb_writer.flush()  # evals are rare, so flushing here costs nothing and a kill loses little
         if self.make_figure is not None:
@@ -205,8 +212,19 @@ class RunLog:
         self.last_draw, self.plot_is_stale = time.monotonic(), False
         train = [r for r in self.rows if r["kind"] == "train" and r["loss"] is not None]
         evals = [r for r in self.rows if r["kind"] == "eval"]
-        fig = self.make_figure(figsize=(9, 5))
-        ax = fig.add_subplot()
+        accuracy = [r for r in evals if r["accuracy"] is not None]
+        fig = self.make_figure(figsize=(9, 7 if accuracy else 5))
+        if accuracy:  # a panel of its own below: a fraction doesn't share an axis with losses
+            ax, acc_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [5, 2]})
+            acc_ax.plot([r["iter"] for r in accuracy], [100 * r["accuracy"] for r in accuracy],
+                        "o-", ms=3, color="tab:red", label="eval: val accuracy")
+            acc_ax.set_ylim(-2, 102)
+            acc_ax.set_ylabel("accuracy (%)")
+            acc_ax.set_xlabel("iteration")
+            acc_ax.grid(alpha=0.3)
+            acc_ax.legend(loc="lower right", fontsize=8)
+        else:
+            ax = fig.add_subplot()
         if train:
             ax.plot([r["iter"] for r in train], [r["loss"] for r in train],
                     lw=0.6, alpha=0.35, color="tab:blue", label="train loss (per logged step)")
@@ -214,7 +232,8 @@ class RunLog:
             iters = [r["iter"] for r in evals]
             ax.plot(iters, [r["train_loss"] for r in evals], "o-", ms=3, color="tab:blue", label="eval: train loss")
             ax.plot(iters, [r["val_loss"] for r in evals], "o-", ms=3, color="tab:orange", label="eval: val loss")
-        ax.set_xlabel("iteration")
+        if not accuracy:
+            ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
 

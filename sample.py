@@ -7,6 +7,7 @@ Sample from a trained model (a checkpoint in out_dir) or from GPT-2 weights.
     python sample.py --start="To be|Once upon a time" --stop="\n\n"   # two prompts, one batch
     python sample.py --init_from=gpt2-xl --start="What is the answer?" --num_samples=5
     python sample.py --out_dir=out-don-char --interactive=True       # a prompt loop
+    python sample.py --out_dir=out-add --start="12+34=|99+99=" --temperature=0 --num_samples=1
 `python sample.py --help` lists every setting below.
 """
 
@@ -30,6 +31,7 @@ top_k = 200  # keep only the k most likely tokens (0 = all)
 top_p = 1.0  # keep the smallest set of tokens with this much probability (1.0 = all)
 stop = ''  # stop a sample where this text appears (it is not printed); \n, \t typed here work
 stop_at_eot = False  # stop a sample at GPT-2's <|endoftext|> token
+stop_at_line_end = True  # line datasets (README: Line datasets): a sample ends with its line
 stream = True  # print text as it is generated (when there is a single sample)
 seed = 1337
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
@@ -44,11 +46,11 @@ from configurator import configure  # noqa: E402
 
 configure(globals(), echo=False)  # stdout is only the generated text
 
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_name  # noqa: E402
-from model import GPT  # noqa: E402
+from checkpoint import load_model  # noqa: E402
 from runtime import autocast_context, pick_device, pick_dtype  # noqa: E402
-from textdata import StreamDecoder, Tokenizer, load_meta  # noqa: E402
+from textdata import StreamDecoder, Tokenizer  # noqa: E402
 from interactive import setting_error  # noqa: E402
+from linedata import is_line_dataset  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -83,29 +85,10 @@ if device_type == 'cuda':
     torch.cuda.manual_seed(seed)
 ctx = autocast_context(device_type, dtype)
 
-meta = None
-if init_from == 'resume':
-    ckpt_path = os.path.join(out_dir, resolve_name(checkpoint_name))
-    try:
-        checkpoint = load_checkpoint(ckpt_path, device)
-        model = model_from_checkpoint(checkpoint, dropout=0.0)
-    except CheckpointError as e:
-        fail(e)
-    meta = checkpoint.get('meta')
-    dataset = (checkpoint.get('config') or {}).get('dataset')
-    if meta is None and dataset:  # nanoGPT checkpoints: the vocabulary is in the data folder
-        try:
-            meta = load_meta(os.path.join(REPO, 'data', dataset))
-        except ValueError as e:
-            fail(e)
-    del checkpoint
-else:
-    try:
-        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
-    except (OSError, ValueError, RuntimeError) as e:
-        fail(e)
-model.eval()
-model.to(device)
+try:
+    model, meta, _ = load_model(init_from, out_dir, checkpoint_name, device)
+except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
+    fail(e)
 if compile:
     model.compile(dynamic=True)  # in place: generate_stream's self(...) calls go through it
 try:
@@ -115,6 +98,9 @@ except (ValueError, RuntimeError, OSError) as e:
 if tokenizer.vocab_size > model.config.vocab_size:
     fail(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
          f"{model.config.vocab_size}: this checkpoint was trained on another vocabulary")
+# a model of a line dataset learned that a sample ends with its end-of-line token
+line_end = tokenizer.encode(meta['lines']['end_of_line'])[0] \
+    if stop_at_line_end and is_line_dataset(meta) else None
 
 
 def read_prompt(text):
@@ -173,7 +159,7 @@ class Sample:
     def add(self, token):
         if self.done:
             return
-        if stop_at_eot and token == tokenizer.eot_token:
+        if (stop_at_eot and token == tokenizer.eot_token) or token == line_end:
             self.finish()
             return
         self.text += self.decoder.push([token])

@@ -91,6 +91,13 @@ def _decode_utf8(raw: bytes, path: str) -> str:
                          f"re-save it as UTF-8 and run again")
 
 
+def read_utf8(path) -> str:
+    """A UTF-8 text file as a string, BOM dropped and CRLF / CR made LF (nothing else cleaned)."""
+    with open(path, "rb") as f:
+        text = _decode_utf8(f.read(), path)
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def read_input_text(dataset_dir: str, input_path: str | None, url: str | None) -> str:
     """The cleaned text of a dataset: --input=PATH, else <dataset_dir>/input.txt, else download url."""
     local_path = os.path.join(dataset_dir, "input.txt")
@@ -164,10 +171,13 @@ def split_ids(ids, val_fraction=0.1):
     return ids[:n_train], ids[n_train:]
 
 
-def write_bins(dataset_dir, train_ids, val_ids, dtype: str):
-    """Write train.bin and val.bin as raw arrays of `dtype` (what train.py memory-maps)."""
+def write_bins(dataset_dir, train_ids, val_ids, dtype: str, test_ids=None):
+    """Write train.bin and val.bin (and test.bin, for line datasets) as raw arrays of `dtype`
+    (what train.py memory-maps)."""
     limit = np.iinfo(dtype).max
-    for name, ids in (("train.bin", train_ids), ("val.bin", val_ids)):
+    splits = (("train.bin", train_ids), ("val.bin", val_ids)) + \
+        ((("test.bin", test_ids),) if test_ids is not None else ())
+    for name, ids in splits:
         ids = np.asarray(ids)
         if ids.size:
             assert ids.min() >= 0 and ids.max() <= limit, \
@@ -187,6 +197,8 @@ def write_meta(dataset_dir, meta: dict):
     chars         char only: token id i is chars[i]
     train_tokens, val_tokens   token counts of the two .bin files
     source        where the text came from
+    lines         line datasets only (linedata.py): test_tokens too, and this key saying where
+                  the end of line is, the answer separator, the line counts, the longest line
     """
     assert meta.get("version") == META_VERSION, f"meta version {meta.get('version')!r} != {META_VERSION}"
     # One key per line, and the (possibly long) chars list on a single line, so it stays readable.

@@ -7,6 +7,8 @@ One process on a CPU, a GPU or Apple's MPS:
 Distributed data parallel, one process per GPU (or per CPU socket, with gloo):
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py
+A line dataset (one sample per line; README: Line datasets and tasks), with accuracy at each eval:
+    python train.py config/train_add.py
 Resume where a run stopped (exactly: same batches, same random numbers):
     python train.py config/train_don_char.py --init_from=resume --resume_checkpoint_name=last.pt
 `python train.py --help` lists every setting below.
@@ -45,6 +47,10 @@ dataset = 'openwebtext'  # folder under data/ holding train.bin, val.bin (and me
 gradient_accumulation_steps = 5 * 8  # micro-batches per optimizer step (summed over all ranks)
 batch_size = 12  # sequences per micro-batch
 block_size = 1024  # context length in tokens
+# line datasets (README: Line datasets): one line per window, padded; a plain text dataset has none
+answer_separator = ''  # what ends a line's question, e.g. '=' ('' = the dataset's own, in meta.json)
+loss_on = 'all'  # 'all': every token of a line but its first; 'answer': only what follows the separator
+eval_accuracy = 0  # at every eval, exact-match accuracy of greedy answers on this many val lines
 # model
 n_layer = 12
 n_head = 12
@@ -95,6 +101,7 @@ from checkpoint import CheckpointError, fit_optimizer_state, load_checkpoint, mo
 from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
 from runtime import autocast_context, measure_peak_flops, note, pick_device, pick_dtype, \
     reuse_freed_memory  # noqa: E402
+from linedata import LineDataset, is_line_dataset  # noqa: E402
 from textdata import count_tokens, eval_offsets, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -113,6 +120,8 @@ for name in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulati
              'batch_size', 'block_size'):
     if globals()[name] < 1:
         fail(f"{name}={globals()[name]} must be at least 1")
+if eval_accuracy < 0:
+    fail(f"eval_accuracy={eval_accuracy} can't be negative (0 = off)")
 if checkpoint_interval < 0 or max_iters < 0:
     fail(f"checkpoint_interval={checkpoint_interval} and max_iters={max_iters} can't be negative")
 if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -145,6 +154,19 @@ try:
                     for split in ('train', 'val')}
 except ValueError as e:
     fail(f"{e}" + (f": python {prepare}" if has_prepare else " with the script that made it"))
+line_data = None  # a line dataset (linedata.py): one line per window, padded to block_size
+if is_line_dataset(meta):
+    try:
+        line_data = LineDataset(data_dir, meta, splits=('train', 'val'))
+        line_data.set_targets(loss_on, answer_separator)
+    except ValueError as e:
+        fail(e)
+    if eval_accuracy and not line_data.separator:
+        fail(f"eval_accuracy needs an answer separator and {dataset!r} has none: pass "
+             f"--answer_separator (e.g. '=')")
+elif loss_on != 'all' or answer_separator or eval_accuracy:
+    fail(f"loss_on, answer_separator and eval_accuracy work on line datasets, and {dataset!r} is "
+         f"plain text; make one with: python data/charline/prepare.py --input=lines.txt")
 
 # ----------------------------------------------------------------------------- processes, device, dtype
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -199,8 +221,11 @@ ctx = autocast_context(device_type, dtype)
 def get_batch(split, generator=None, offsets=None):
     """batch_size windows of block_size + 1 tokens (random, or starting at `offsets`): inputs
     and next-token targets."""
-    x, y = sample_batch(os.path.join(data_dir, f'{split}.bin'), token_dtype, batch_size,
-                        block_size, generator, offsets)  # (B, T) each
+    if line_data is not None:  # one line per window; offsets are line numbers
+        x, y = line_data.batch(split, batch_size, block_size, generator, offsets)  # (B, T) each
+    else:
+        x, y = sample_batch(os.path.join(data_dir, f'{split}.bin'), token_dtype, batch_size,
+                            block_size, generator, offsets)  # (B, T) each
     if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
@@ -283,8 +308,13 @@ if master_process:  # printed here, once block_size is final
     micro_batches = gradient_accumulation_steps * ddp_world_size
     print(f"tokens per iteration: {tokens_per_iter:,} ({micro_batches} micro-batch"
           f"{'es' if micro_batches > 1 else ''} of {batch_size} x {block_size} tokens)")
+if line_data is not None:
+    try:
+        line_data.check_block_size(block_size)
+    except ValueError as e:
+        fail(e)
 for split, n_tokens in split_tokens.items():
-    if n_tokens <= block_size:
+    if n_tokens <= block_size and line_data is None:  # a window of a line dataset is one line
         fail(f"{split}.bin of {dataset!r} has {n_tokens} tokens, not more than block_size="
              f"{block_size}; use a smaller --block_size or more text")
 model_args = model.config.to_model_args()
@@ -356,7 +386,9 @@ def estimate_loss():
     for split in ('train', 'val'):
         path = os.path.join(data_dir, f'{split}.bin')
         n_windows = eval_iters * batch_size * ddp_world_size
-        offsets = eval_offsets(path, token_dtype, n_windows, block_size)[ddp_rank::ddp_world_size]
+        offsets = line_data.eval_lines(split, n_windows) if line_data is not None else \
+            eval_offsets(path, token_dtype, n_windows, block_size)
+        offsets = offsets[ddp_rank::ddp_world_size]
         losses = torch.zeros(eval_iters)
         steps = range(eval_iters)
         if master_process and eval_iters >= 50:
@@ -376,6 +408,17 @@ def estimate_loss():
         out = {'train': t[0].item(), 'val': t[1].item()}
     model.train()
     return out
+
+
+accuracy_lines = line_data.lines('val', eval_accuracy) if eval_accuracy else []
+
+
+def measure_accuracy():
+    """Exact-match accuracy of the greedy answers to the first eval_accuracy val lines (rank 0
+    only: greedy decoding draws no random numbers, so the run's random streams are untouched)."""
+    from evaluation import line_accuracy
+    return line_accuracy(raw_model, line_data.tokenizer, accuracy_lines, line_data.separator,
+                         meta['lines']['end_of_line'], ctx=ctx)['accuracy']
 
 
 def rng_state():
@@ -521,8 +564,10 @@ while True:
             break
         last_finite_iter = iter_num
         if master_process:
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            runlog.eval(iter_num, losses['train'], losses['val'], lr)
+            accuracy = measure_accuracy() if eval_accuracy else None
+            shown = f", val accuracy {accuracy:.2%}" if accuracy is not None else ""
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{shown}")
+            runlog.eval(iter_num, losses['train'], losses['val'], lr, accuracy)
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])  # only ever goes down, even on resume
         if not eval_only and iter_num > start_iter and (improved or always_save_checkpoint):

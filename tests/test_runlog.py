@@ -46,7 +46,7 @@ def test_csv_columns_values_and_png(tmp_path):
 
     # rows must be on disk before close(): a killed run keeps its log
     header, rows = read_rows(tmp_path / "log.csv")
-    assert header == "iter,kind,loss,train_loss,val_loss,lr,ms_per_iter,tokens_per_s,mfu".split(",")
+    assert header == "iter,kind,loss,train_loss,val_loss,lr,ms_per_iter,tokens_per_s,mfu,accuracy".split(",")
     assert [(r["iter"], r["kind"]) for r in rows] == [("0", "train"), ("10", "train"), ("10", "eval")]
 
     first, second, evaluation = rows

@@ -1,0 +1,188 @@
+"""
+Evaluate a model on a prepared dataset's split or on any text file: loss, perplexity, bits per
+byte, token count, and accuracy on line datasets.
+
+    python eval.py --out_dir=out-add --dataset=add --split=test          # a checkpoint; accuracy too
+    python eval.py --out_dir=out-don-small-char --split=val              # the dataset it trained on
+    python eval.py --out_dir=out-don-small-char --text=prompt/don.txt --json=True
+    python eval.py --init_from=gpt2 --dataset=shakespeare --stride=512 --batch_size=1
+`python eval.py --help` lists every setting below.
+
+A plain dataset (or --text) is read in order, whole, in windows of block_size tokens that start
+every `stride` tokens; each token is scored once (evaluation.sliding_windows). A line dataset
+is read one line per window, as train.py trains on it. How bytes are counted for bits per byte:
+evaluation.py's docstring. --json=True prints one JSON object (loss, perplexity, bits_per_byte,
+tokens, bytes, and accuracy for line datasets) and nothing else on stdout.
+"""
+
+import json as json_module  # `json` is a setting below
+import os
+import sys
+
+import numpy as np
+import torch
+
+# -----------------------------------------------------------------------------
+# defaults (a config file or --key=value overrides any of these)
+init_from = 'resume'  # 'resume' (a checkpoint in out_dir), gpt2*, or a local HF GPT-2/Starcoder2 folder
+out_dir = 'out'  # where train.py wrote its checkpoints
+checkpoint_name = 'ckpt.pt'  # ckpt.pt (best val loss) or last.pt (latest)
+dataset = ''  # a prepared dataset: name under data/ or a folder ('' = the one the checkpoint trained on)
+split = 'val'  # 'val', 'test' (line datasets) or 'train'
+text = ''  # a UTF-8 text file to evaluate instead, tokenised with the model's vocabulary
+block_size = 0  # tokens per window (0 = the model's block_size)
+stride = 0  # tokens between window starts (0 = block_size); smaller gives each token more context
+batch_size = 8  # windows (or lines) per forward pass; lower it for GPT-2: its logits are 50257 wide
+max_windows = 0  # stop after this many windows (0 = the whole split)
+loss_on = ''  # line datasets: 'all' or 'answer' ('' = as the checkpoint trained, else 'all')
+answer_separator = ''  # line datasets ('' = the checkpoint's, else the dataset's)
+accuracy = True  # line datasets with an answer separator: exact-match accuracy of greedy answers
+json = False  # print one JSON object instead of the text report
+device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, mps
+dtype = 'auto'  # auto (CPU: float32; GPU: bf16/fp16), float32, bfloat16, float16
+# -----------------------------------------------------------------------------
+from configurator import configure  # noqa: E402
+
+configure(globals(), echo=False)  # stdout is the result (one JSON object with --json=True)
+
+from checkpoint import load_model  # noqa: E402
+from evaluation import evaluate_lines, evaluate_tokens, line_accuracy, token_byte_lengths  # noqa: E402
+from linedata import LineDataset, is_line_dataset  # noqa: E402
+from runtime import autocast_context, pick_device, pick_dtype  # noqa: E402
+from textdata import Tokenizer, count_tokens, load_meta, read_utf8  # noqa: E402
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def same_vocabulary(a, b):
+    """Whether two tokenizers give every token id the same meaning."""
+    if a.kind != b.kind:
+        return False
+    return a.chars == b.chars if a.kind == 'char' else a.name == b.name
+
+
+# ----------------------------------------------------------------------------- settings
+if split not in ('train', 'val', 'test'):
+    fail(f"split={split!r}: use 'train', 'val' or 'test'")
+if text and dataset:
+    fail("give --text=FILE or --dataset=NAME, not both")
+for name in ('block_size', 'stride', 'max_windows'):
+    if globals()[name] < 0:
+        fail(f"{name}={globals()[name]} can't be negative (0 = the default)")
+if batch_size < 1:
+    fail(f"batch_size={batch_size} must be at least 1")
+if loss_on not in ('', 'all', 'answer'):
+    fail(f"loss_on={loss_on!r}: use 'all' or 'answer'")
+if text and not os.path.isfile(text):
+    fail(f"--text file not found: {text}")
+
+# ----------------------------------------------------------------------------- model
+try:
+    device = pick_device(device)
+    device_type = 'cuda' if 'cuda' in device else device
+    dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
+    model, meta, trained = load_model(init_from, out_dir, checkpoint_name, device)
+    tokenizer = Tokenizer.from_meta(meta)
+except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
+    fail(e)
+trained = trained or {}
+ctx = autocast_context(device_type, dtype)
+block_size = block_size or model.config.block_size
+if block_size > model.config.block_size:
+    fail(f"block_size={block_size} is more than the model's {model.config.block_size} positions")
+byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size)
+source = os.path.join(out_dir, checkpoint_name) if init_from == 'resume' else init_from
+
+# ----------------------------------------------------------------------------- data
+result, what = None, None
+if text:
+    content = read_utf8(text)  # BOM dropped, CRLF made LF, as the prepare scripts read text
+    try:
+        ids = np.array(tokenizer.encode(content), dtype=np.int64)
+    except ValueError as e:  # a character model meets characters it never saw
+        fail(f"{text}: {str(e).replace('prompt has', 'the text has')}; a character-level model "
+             f"can only score text made of its own characters")
+    if len(ids) < 2:
+        fail(f"{text} has {len(ids)} token(s): nothing to predict")
+    what = f"{text} ({len(content):,} characters)"
+else:
+    dataset = dataset or trained.get('dataset', '')
+    if not dataset:
+        fail("which data? pass --dataset=NAME (a prepared folder under data/) or --text=FILE")
+    data_dir = os.path.join(REPO, 'data', dataset)
+    if not os.path.isdir(data_dir) and os.path.isdir(dataset):
+        data_dir = dataset
+    bin_path = os.path.join(data_dir, f'{split}.bin')
+    try:
+        data_meta = load_meta(data_dir) if os.path.isdir(data_dir) else None
+    except ValueError as e:
+        fail(e)
+    if split == 'test' and os.path.isdir(data_dir) and not is_line_dataset(data_meta):
+        fail(f"dataset {dataset!r} has no test split (only line datasets have one); use --split=val")
+    if not os.path.isfile(bin_path):
+        prepare = os.path.join('data', dataset, 'prepare.py')
+        fail(f"dataset {dataset!r} has no {split}.bin in {data_dir}; " +
+             (f"run: python {prepare}" if os.path.isfile(os.path.join(REPO, prepare)) else
+              "prepare it first (ls data/ lists the datasets that ship a prepare.py)"))
+    try:
+        data_tokenizer = Tokenizer.from_meta(data_meta)
+    except (ValueError, RuntimeError) as e:
+        fail(e)
+    if not same_vocabulary(tokenizer, data_tokenizer):
+        fail(f"dataset {dataset!r} is tokenised differently ({data_tokenizer.name}, "
+             f"{data_tokenizer.vocab_size} tokens) from the model ({tokenizer.name}, "
+             f"{tokenizer.vocab_size}); evaluate a text file with --text=FILE instead")
+    if is_line_dataset(data_meta):
+        try:
+            line_data = LineDataset(data_dir, data_meta, splits=(split,))
+            line_data.check_block_size(block_size)
+            line_data.set_targets(loss_on or trained.get('loss_on') or 'all',
+                                  answer_separator or trained.get('answer_separator', ''))
+        except ValueError as e:
+            fail(e)
+        result = evaluate_lines(model, line_data, split, batch_size, byte_lengths, ctx,
+                                progress=True)
+        result['loss_on'] = 'answer' if line_data.answer_only else 'all'
+        if accuracy and line_data.separator:
+            lines = line_data.lines(split)
+            scored = line_accuracy(model, tokenizer, lines, line_data.separator,
+                                   data_meta['lines']['end_of_line'], batch_size, ctx,
+                                   progress=True)
+            result.update(accuracy=scored['accuracy'], correct=scored['correct'])
+        what = f"{dataset} {split} split ({len(line_data[split]):,} lines)"
+    else:
+        try:
+            n_tokens = count_tokens(bin_path, data_meta['dtype'] if data_meta else 'uint16')
+        except ValueError as e:
+            fail(e)
+        if n_tokens < 2:
+            fail(f"{bin_path} has {n_tokens} token(s): nothing to predict")
+        ids = np.memmap(bin_path, dtype=np.dtype(data_meta['dtype'] if data_meta else 'uint16'),
+                        mode='r')
+        what = f"{dataset} {split} split"
+
+if result is None:
+    try:
+        result = evaluate_tokens(model, ids, block_size, stride or block_size, batch_size,
+                                 byte_lengths, ctx, progress=True, max_windows=max_windows)
+    except ValueError as e:  # a stride longer than block_size
+        fail(e)
+    result.update(block_size=block_size, stride=stride or block_size)
+
+# ----------------------------------------------------------------------------- report
+if json:
+    print(json_module.dumps(result))
+else:
+    print(f"{source} on {what}:")
+    print(f"  loss {result['loss']:.4f}, perplexity {result['perplexity']:.4f}, bits per byte "
+          f"{result['bits_per_byte']:.4f} ({result['tokens']:,} tokens, {result['bytes']:,} bytes"
+          + (f", windows of {result['block_size']} every {result['stride']} tokens)"
+             if 'stride' in result else f", loss on {result['loss_on']} tokens)"))
+    if 'accuracy' in result:
+        print(f"  accuracy {result['accuracy']:.2%} ({result['correct']:,} of "
+              f"{len(line_data[split]):,} answers exactly right)")
