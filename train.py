@@ -192,7 +192,7 @@ if ddp:
     if gradient_accumulation_steps % ddp_world_size != 0:
         fail(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the "
              f"{ddp_world_size} processes; use a multiple of {ddp_world_size}")
-    gradient_accumulation_steps //= ddp_world_size
+    gradient_accumulation_steps //= ddp_world_size  # this rank's share of the global batch
 else:
     ddp_rank, ddp_world_size, master_process, seed_offset = 0, 1, True, 0
 
@@ -218,21 +218,35 @@ ctx = autocast_context(device_type, dtype)
 
 # ----------------------------------------------------------------------------- batches
 
-def get_batch(split, generator=None, offsets=None):
-    """batch_size windows of block_size + 1 tokens (random, or starting at `offsets`): inputs
-    and next-token targets."""
-    if line_data is not None:  # one line per window; offsets are line numbers
-        x, y = line_data.batch(split, batch_size, block_size, generator, offsets)  # (B, T) each
+def get_batch(split, offsets):
+    """The windows of block_size + 1 tokens starting at `offsets` (line numbers for a line
+    dataset): inputs and next-token targets."""
+    if line_data is not None:  # one line per window
+        x, y = line_data.batch(split, len(offsets), block_size, line_indices=offsets)  # (B, T) each
     else:
-        x, y = sample_batch(os.path.join(data_dir, f'{split}.bin'), token_dtype, batch_size,
-                            block_size, generator, offsets)  # (B, T) each
+        x, y = sample_batch(os.path.join(data_dir, f'{split}.bin'), token_dtype, len(offsets),
+                            block_size, offsets=offsets)  # (B, T) each
     if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
 
 
-# the training sampler has its own generator so its position can be saved and resumed exactly
-train_generator = torch.Generator().manual_seed(seed + seed_offset)
+# The training sampler has its own generator so its position can be saved and resumed exactly.
+# It is one global stream, seeded alike on every rank: each optimizer step draws the whole
+# global batch and each rank keeps its share, so 1 process x 4 micro-batches, 2 x 2 and 4 x 1
+# train on the same windows (README: Distributed training).
+train_generator = torch.Generator().manual_seed(seed)
+
+
+def next_micro_batches():
+    """Where this rank's micro-batches of the next optimizer step start: every rank draws all
+    gradient_accumulation_steps x world size micro-batches of the step (batch_size window
+    starts each; line numbers for a line dataset) and keeps every world-size-th, from its rank."""
+    n = len(line_data.splits['train']) if line_data is not None else \
+        split_tokens['train'] - block_size  # the last start that leaves a whole window
+    draws = [torch.randint(n, (batch_size,), generator=train_generator).tolist()
+             for _ in range(gradient_accumulation_steps * ddp_world_size)]
+    return draws[ddp_rank::ddp_world_size]
 
 # ----------------------------------------------------------------------------- model
 iter_num = 0
@@ -525,9 +539,16 @@ if checkpoint is not None:
     saved = checkpoint.get('rng')
     if saved and len(saved) == ddp_world_size:
         set_rng_state(saved[ddp_rank])
+    elif saved:
+        # the batch stream is global, so it continues exactly; dropout draws are per process
+        train_generator.set_state(saved[0]['sampler'])
+        torch.manual_seed(seed + seed_offset + iter_num)
+        if master_process:
+            note(f"the checkpoint was saved by {len(saved)} process(es), this run has "
+                 f"{ddp_world_size}: batches continue exactly, dropout masks from a new seed")
     elif master_process:
-        note("the checkpoint has no random state for this world size (nanoGPT checkpoint, or a "
-             "different number of processes): batches and dropout continue from a fresh seed")
+        note("the checkpoint has no random state (a nanoGPT checkpoint): batches and dropout "
+             "continue from a fresh seed")
     checkpoint = None  # free the memory
 
 runlog = None
@@ -592,7 +613,8 @@ while True:
         break
 
     # one optimizer step over gradient_accumulation_steps micro-batches
-    X, Y = get_batch('train', train_generator)
+    micro_batches = next_micro_batches()
+    X, Y = get_batch('train', offsets=micro_batches[0])
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # sync gradients only on the last micro-step; the others just accumulate
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
@@ -600,7 +622,7 @@ while True:
             logits, loss = model(X, Y)
             loss = loss / gradient_accumulation_steps  # the sum over micro-steps is the mean
         if micro_step < gradient_accumulation_steps - 1:
-            X, Y = get_batch('train', train_generator)  # fetch the next while backward runs
+            X, Y = get_batch('train', offsets=micro_batches[micro_step + 1])  # during backward
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if grad_clip != 0.0:
@@ -614,6 +636,9 @@ while True:
 
     nonfinite = False
     if iter_num % log_interval == 0:
+        if ddp:  # the global batch's mean, not this rank's share of it
+            dist.all_reduce(loss_sum)
+            loss_sum /= ddp_world_size
         lossf = loss_sum.item() / iters_since_log  # the only host sync of a step
         loss_sum.zero_()
         nonfinite = not math.isfinite(lossf)

@@ -538,6 +538,41 @@ def test_ddp_two_processes_train_and_save(char_dataset, tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_trains_on_the_same_batches_as_one_process_and_resumes_across_world_sizes(
+        char_dataset, tmp_path):
+    """One global batch stream: 1 process x 4 micro-batches and 2 processes x 2 train on the
+    same windows, so in fp32 with dropout 0 the logged losses (the global batch's mean over
+    the ranks) agree step by step; and a run saved by 2 processes, resumed by 1, continues as
+    the uninterrupted single-process run."""
+    # a gentler learning rate than TINY's: the summation order differs between the two (a local
+    # sum, then an all-reduce) and a large step would amplify those last-bit differences
+    common = ("--gradient_accumulation_steps=4", "--dropout=0.0", "--eval_interval=5",
+              "--learning_rate=2e-3")
+    one = run_train(char_dataset, tmp_path / "one", *common, "--max_iters=10", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(*train_args(char_dataset, tmp_path / "two", *common, "--max_iters=10"),
+                   cwd=tmp_path)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    single = [float(r["loss"]) for r in train_rows(tmp_path / "one" / "log.csv")]
+    double = [float(r["loss"]) for r in train_rows(tmp_path / "two" / "log.csv")]
+    assert len(single) == len(double) == 10
+    assert max(abs(a - b) for a, b in zip(single, double)) < 1e-5, (single, double)
+    assert single[-1] < single[0] - 0.1  # it did train
+
+    half = tmp_path / "half"
+    result = torchrun(*train_args(char_dataset, half, *common, "--max_iters=5"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_train(char_dataset, half, *common, "--max_iters=10", "--init_from=resume",
+                       "--resume_checkpoint_name=last.pt", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "saved by 2 process(es), this run has 1: batches continue exactly" in result.stderr
+    resumed = [float(r["loss"]) for r in train_rows(half / "log.csv")]
+    assert max(abs(a - b) for a, b in zip(resumed[5:], single[5:])) < 1e-5, (resumed, single)
+    torch.testing.assert_close(load(half / "last.pt")["model"], load(tmp_path / "one" / "last.pt")["model"],
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
 def test_ddp_gradient_accumulation_must_divide_by_world_size(char_dataset, tmp_path):
     result = torchrun(*train_args(char_dataset, tmp_path / "out", "--gradient_accumulation_steps=3",
                                   "--max_iters=2"), cwd=tmp_path)
