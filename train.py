@@ -392,34 +392,30 @@ def get_lr(it):
 @torch.no_grad()
 def estimate_loss():
     """Mean loss per split over eval_iters batches whose windows are spread evenly over the
-    whole split (each rank takes every world_size-th window): the same windows at every eval,
-    so successive evals compare like with like, with less noise than random windows, and the
-    training random stream is untouched."""
-    out = {}
+    whole split: the same windows at every eval, so successive evals compare like with like,
+    with less noise than random windows, and the training random stream is untouched. Under
+    torchrun each rank takes every world_size-th batch and the sums are added up, so the result
+    is the same for any number of processes."""
     model.eval()
-    for split in ('train', 'val'):
+    sums = torch.zeros(4, device=device)  # train loss sum, train batches, val loss sum, val batches
+    for s, split in enumerate(('train', 'val')):
         path = os.path.join(data_dir, f'{split}.bin')
-        n_windows = eval_iters * batch_size * ddp_world_size
+        n_windows = eval_iters * batch_size
         offsets = line_data.eval_lines(split, n_windows) if line_data is not None else \
             eval_offsets(path, token_dtype, n_windows, block_size)
-        offsets = offsets[ddp_rank::ddp_world_size]
-        losses = torch.zeros(eval_iters)
-        steps = range(eval_iters)
+        batches = range(eval_iters)[ddp_rank::ddp_world_size]
         if master_process and eval_iters >= 50:
             from tqdm import tqdm
-            steps = tqdm(steps, desc=f"eval {split}", leave=False, delay=2.0)  # only if slow
-        for i in steps:
+            batches = tqdm(batches, desc=f"eval {split}", leave=False, delay=2.0)  # only if slow
+        for i in batches:
             X, Y = get_batch(split, offsets=offsets[i * batch_size:(i + 1) * batch_size])
             with ctx:
                 _, loss = model(X, Y)
-            losses[i] = loss.item()
-        out[split] = losses.mean().item()
-    if ddp:  # every rank evaluated different batches: average them, and agree on the result
-        t = torch.tensor([out['train'], out['val']], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.AVG if backend == 'nccl' else dist.ReduceOp.SUM)
-        if backend != 'nccl':
-            t /= ddp_world_size
-        out = {'train': t[0].item(), 'val': t[1].item()}
+            sums[2 * s] += loss.float()
+            sums[2 * s + 1] += 1
+    if ddp:  # every rank evaluated different batches: add them up, and agree on the result
+        dist.all_reduce(sums)
+    out = {'train': (sums[0] / sums[1]).item(), 'val': (sums[2] / sums[3]).item()}
     model.train()
     return out
 

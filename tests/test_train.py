@@ -558,6 +558,11 @@ def test_ddp_trains_on_the_same_batches_as_one_process_and_resumes_across_world_
     assert len(single) == len(double) == 10
     assert max(abs(a - b) for a, b in zip(single, double)) < 1e-5, (single, double)
     assert single[-1] < single[0] - 0.1  # it did train
+    # evaluation too: each rank evaluates every second batch of the same windows
+    evals = [[(float(r["train_loss"]), float(r["val_loss"])) for r in eval_rows(run / "log.csv")]
+             for run in (tmp_path / "one", tmp_path / "two")]
+    assert len(evals[0]) == len(evals[1]) == 3  # iterations 0, 5, 10
+    assert max(abs(a - b) for pa, pb in zip(*evals) for a, b in zip(pa, pb)) < 1e-5, evals
 
     half = tmp_path / "half"
     result = torchrun(*train_args(char_dataset, half, *common, "--max_iters=5"), cwd=tmp_path)
