@@ -577,6 +577,39 @@ def test_ddp_trains_on_the_same_batches_as_one_process_and_resumes_across_world_
                                atol=1e-5, rtol=0)
 
 
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_loopback_nodes_train_save_and_match_one_process(char_dataset, tmp_path):
+    """README's two-node commands on one machine: two torchrun launchers (--nnodes=2,
+    --node_rank=0/1, one process each) rendezvous on 127.0.0.1, train, and node 0 saves; the
+    losses equal a single process's with the same global batch."""
+    common = ("--gradient_accumulation_steps=2", "--dropout=0.0", "--eval_interval=3",
+              "--max_iters=6", "--learning_rate=2e-3")
+    port = free_port()
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--nnodes=2",
+         f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+         str(REPO / "train.py"), *train_args(char_dataset, tmp_path / "nodes", *common)],
+        cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, out[-2000:] + err[-2000:]
+    assert "2 process(es)" in outputs[0][0] and "iter 1:" not in outputs[1][0]  # rank 0 prints
+    assert load(tmp_path / "nodes" / "last.pt")["iter_num"] == 6
+    one = run_train(char_dataset, tmp_path / "one", *common, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    losses = [[float(r["loss"]) for r in train_rows(run / "log.csv")]
+              for run in (tmp_path / "one", tmp_path / "nodes")]
+    assert len(losses[1]) == 6 and max(abs(a - b) for a, b in zip(*losses)) < 1e-5, losses
+
+
 @pytest.mark.slow
 def test_ddp_gradient_accumulation_must_divide_by_world_size(char_dataset, tmp_path):
     result = torchrun(*train_args(char_dataset, tmp_path / "out", "--gradient_accumulation_steps=3",
