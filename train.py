@@ -35,7 +35,7 @@ eval_iters = 200  # batches per split in each evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # write ckpt.pt at every eval, not only when val loss improves
 checkpoint_interval = 0  # write last.pt every this many iterations (0 = at every eval)
-init_from = 'scratch'  # 'scratch', 'resume', 'gpt2*' or a local Hugging Face GPT-2/Starcoder2 folder
+init_from = 'scratch'  # 'scratch', 'resume', 'auto' (resume last.pt if out_dir has one, else scratch), 'gpt2*' or a local Hugging Face GPT-2/Starcoder2 folder
 resume_checkpoint_name = 'ckpt.pt'  # which checkpoint init_from='resume' reads: ckpt.pt or last.pt
 # logging (a CSV and a PNG plot are always written to out_dir)
 wandb_log = False  # also log to Weights & Biases (WANDB_MODE=offline works)
@@ -253,6 +253,16 @@ iter_num = 0
 best_val_loss = float('inf')
 checkpoint = None
 vocab_size = meta['vocab_size'] if meta else None
+if init_from == 'auto':
+    # for restarts (torchrun --max-restarts, a preempted job run again): the same command line
+    # starts a run the first time and continues it from its last.pt every time after
+    if os.path.isfile(os.path.join(out_dir, 'last.pt')):
+        init_from, resume_checkpoint_name = 'resume', 'last.pt'
+    else:
+        init_from = 'scratch'
+    if master_process:
+        print("init_from='auto': " + ("resuming from last.pt" if init_from == 'resume'
+                                      else "no last.pt yet, starting from scratch"))
 if init_from == 'scratch':
     if master_process and vocab_size is None:
         print("no meta.json in the dataset: assuming GPT-2's vocabulary (50304 = 50257 padded)")

@@ -679,3 +679,24 @@ def test_ddp_rank_killed_fails_the_job_naming_the_rank_then_resume(char_dataset,
     assert f"resuming from {out_dir / 'last.pt'} at iteration {k}" in result.stdout
     assert [i for i, _ in iter_lines(result.stdout)] == [k + 1, k + 2, k + 3]
     assert load_checkpoint(str(out_dir / "last.pt"))["iter_num"] == k + 3
+
+
+
+def test_init_from_auto_starts_then_continues_from_last_pt(char_dataset, tmp_path):
+    """The same command line twice: the first run starts from scratch, the second resumes from
+    the first's last.pt and ends with the weights of one uninterrupted run."""
+    out_dir = tmp_path / "auto"
+    common = ("--eval_interval=100000", "--init_from=auto")
+    first = run_train(char_dataset, out_dir, *common, "--max_iters=4", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "init_from='auto': no last.pt yet, starting from scratch" in first.stdout
+    second = run_train(char_dataset, out_dir, *common, "--max_iters=8", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "init_from='auto': resuming from last.pt" in second.stdout
+    assert [i for i, _ in iter_lines(second.stdout)] == [5, 6, 7, 8]
+    straight = run_train(char_dataset, tmp_path / "straight", "--eval_interval=100000",
+                         "--max_iters=8", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    reference = load(tmp_path / "straight" / "last.pt")["model"]
+    resumed = load(out_dir / "last.pt")["model"]
+    assert all(torch.equal(resumed[k], v) for k, v in reference.items())
