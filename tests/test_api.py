@@ -95,6 +95,18 @@ def test_stream_stop_and_a_single_prompt(add_run):
         m.generate('1', top_p=0)
 
 
+def test_prompt_is_the_interactive_loop(add_run, monkeypatch, capsys):
+    """m.prompt() reads prompts and /commands as sample.py --interactive=True does."""
+    _, _, run, _ = add_run
+    m = wb.load(run.out_dir)
+    typed = iter(['/temperature 0', '/max_new_tokens 3', '1+2=', '/quit'])
+    monkeypatch.setattr('builtins.input', lambda prompt='': next(typed))
+    m.prompt()
+    shown = capsys.readouterr().out
+    answer = m.generate('1+2=', temperature=0, max_new_tokens=3)
+    assert 'temperature = 0.0' in shown and f"1+2={answer}\n" in shown, shown
+
+
 def test_evaluate_is_eval_py(add_run):
     _, data_dir, run, _ = add_run
     printed = script("eval.py", run.out_dir, f"--dataset={data_dir}", "--split=test", "--json=True")
