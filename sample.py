@@ -134,12 +134,9 @@ def split_prompts(text):
 
 
 def encode(text):
-    try:
-        return encode_prompt(tokenizer, text)
-    except ValueError as e:
-        if 'empty' in str(e):  # a prompt that can't be fixed by the loop's next line
-            fail("the prompt is empty after encoding; give at least one character (e.g. --start='\\n')")
-        raise
+    """Token ids of a prompt (textdata.encode_prompt: '<|endoftext|>' is GPT-2's token); a
+    ValueError for an empty prompt or characters the vocabulary lacks."""
+    return encode_prompt(tokenizer, text)
 
 
 # ----------------------------------------------------------------------------- generation

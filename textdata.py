@@ -433,7 +433,7 @@ def encode_prompt(tokenizer, text):
         ids = tokenizer.encode(text)
     if not ids:
         raise ValueError("the prompt is empty after encoding; give at least one character "
-                         "(e.g. '\\n')")
+                         "(e.g. --start='\\n')")
     return ids
 
 
