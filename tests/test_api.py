@@ -119,6 +119,17 @@ def test_evaluate_is_eval_py(add_run):
         assert got[key] == pytest.approx(expected[key], rel=1e-5), key
 
 
+def test_evaluate_a_text_file_is_eval_py(add_run):
+    tmp, _, run, _ = add_run
+    text = tmp / 'sums.txt'
+    text.write_text("1+2=3\n4+4=8\n9+9=18\n" * 5)
+    expected = json.loads(script("eval.py", run.out_dir, f"--text={text}", "--json=True",
+                                 "--stride=4", "--block_size=8"))
+    got = wb.load(run.out_dir).evaluate(text=str(text), stride=4, block_size=8)
+    assert got['tokens'] == expected['tokens'] and got['stride'] == 4
+    assert got['loss'] == pytest.approx(expected['loss'], rel=1e-5)
+
+
 def test_accuracy_counts_the_predictions(add_run):
     _, data_dir, run, _ = add_run
     m = wb.load(run.out_dir)
