@@ -13,7 +13,10 @@ What it holds:
   tokens, which equals a full forward with that band at every layer (GPT.forward's `band`).
 - filter_logits / sample_next: temperature, top-k, top-p.
 
-What it is not: text encoding or printing (sample.py).
+- TextSample / decode_samples: the text side of a sample (incremental decoding, stop strings,
+  stop tokens), shared by sample.py and workbench.py so both cut a sample at the same place.
+
+What it is not: printing (sample.py) or a prompt loop (interactive.py).
 """
 
 import torch
@@ -234,3 +237,62 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- text samples
+class TextSample:
+    """The text of one row as it grows: decoded incrementally, cut at a stop string or at one of
+    `stop_ids` (e.g. GPT-2's <|endoftext|>, a line dataset's end of line; never part of the text)."""
+
+    def __init__(self, prompt, tokenizer, stop='', stop_ids=()):
+        from textdata import StreamDecoder  # here: the decode loop above needs no tokenizer
+        self.prompt = prompt
+        self.stop = stop
+        self.stop_ids = set(stop_ids)
+        self.decoder = StreamDecoder(tokenizer)
+        self.text = ''
+        self.shown = 0  # characters already handed out by ready_text
+        self.done = False
+
+    def add(self, token):
+        if self.done:
+            return
+        if token in self.stop_ids:
+            self.finish()
+            return
+        self.text += self.decoder.push([token])
+        if self.stop and self.stop in self.text:
+            self.text = self.text[:self.text.index(self.stop)]
+            self.done = True
+
+    def finish(self):
+        if not self.done:
+            self.text += self.decoder.flush()
+            if self.stop and self.stop in self.text:
+                self.text = self.text[:self.text.index(self.stop)]
+        self.done = True
+
+    def ready_text(self):
+        """New text that can be shown: holds back a tail that might still become the stop string."""
+        stop = self.stop
+        end = len(self.text) if self.done or not stop else max(len(self.text) - len(stop) + 1, 0)
+        new = self.text[self.shown:end]
+        self.shown = max(self.shown, end)
+        return new
+
+
+def decode_samples(samples, token_stream):
+    """Feed each step of token_stream (one token per row) to `samples` (one TextSample per row),
+    yielding after every step, until all are done or the stream ends; then finish them all.
+    Close it (contextlib.closing) so an interrupted loop still closes the stream."""
+    try:
+        for tokens in token_stream:
+            for sample, token in zip(samples, tokens.tolist(), strict=True):
+                sample.add(token)
+            yield
+            if all(s.done for s in samples):
+                break
+    finally:
+        token_stream.close()
+        for s in samples:
+            s.finish()

@@ -59,13 +59,6 @@ def fail(message):
     sys.exit(1)
 
 
-def same_vocabulary(a, b):
-    """Whether two tokenizers give every token id the same meaning."""
-    if a.kind != b.kind:
-        return False
-    return a.chars == b.chars if a.kind == 'char' else a.name == b.name
-
-
 # ----------------------------------------------------------------------------- settings
 if split not in ('train', 'val', 'test'):
     fail(f"split={split!r}: use 'train', 'val' or 'test'")
@@ -133,7 +126,7 @@ else:
         data_tokenizer = Tokenizer.from_meta(data_meta)
     except (ValueError, RuntimeError) as e:
         fail(e)
-    if not same_vocabulary(tokenizer, data_tokenizer):
+    if not tokenizer.same_vocabulary(data_tokenizer):
         fail(f"dataset {dataset!r} is tokenised differently ({data_tokenizer.name}, "
              f"{data_tokenizer.vocab_size} tokens) from the model ({tokenizer.name}, "
              f"{tokenizer.vocab_size}); evaluate a text file with --text=FILE instead")

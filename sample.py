@@ -11,6 +11,7 @@ Sample from a trained model (a checkpoint in out_dir) or from GPT-2 weights.
 `python sample.py --help` lists every setting below.
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -48,7 +49,8 @@ configure(globals(), echo=False)  # stdout is only the generated text
 
 from checkpoint import load_model  # noqa: E402
 from runtime import autocast_context, pick_device, pick_dtype  # noqa: E402
-from textdata import StreamDecoder, Tokenizer  # noqa: E402
+from engine import TextSample, decode_samples  # noqa: E402
+from textdata import EOT_TEXT, Tokenizer, encode_prompt  # noqa: E402
 from interactive import setting_error  # noqa: E402
 from linedata import is_line_dataset  # noqa: E402
 
@@ -80,9 +82,6 @@ try:
     dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
 except ValueError as e:
     fail(e)
-torch.manual_seed(seed)
-if device_type == 'cuda':
-    torch.cuda.manual_seed(seed)
 ctx = autocast_context(device_type, dtype)
 
 try:
@@ -98,6 +97,11 @@ except (ValueError, RuntimeError, OSError) as e:
 if tokenizer.vocab_size > model.config.vocab_size:
     fail(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
          f"{model.config.vocab_size}: this checkpoint was trained on another vocabulary")
+# seeded after loading: building a model draws random numbers too, and a sample should depend
+# on the seed alone (workbench.py's generate seeds the same way, so both give the same text)
+torch.manual_seed(seed)
+if device_type == 'cuda':
+    torch.cuda.manual_seed(seed)
 # a model of a line dataset learned that a sample ends with its end-of-line token
 line_end = tokenizer.encode(meta['lines']['end_of_line'])[0] \
     if stop_at_line_end and is_line_dataset(meta) else None
@@ -120,8 +124,6 @@ def read_prompt(text):
     fail(f"prompt file {path!r} not found (looked here and in {os.path.join(REPO, 'prompt')})")
 
 
-EOT_TEXT = '<|endoftext|>'
-
 
 def split_prompts(text):
     """Prompts separated by prompt_separator; '<|endoftext|>' is never cut, even by '|'."""
@@ -132,60 +134,20 @@ def split_prompts(text):
 
 
 def encode(text):
-    """Token ids of a prompt; '<|endoftext|>' in it is GPT-2's end-of-text token, as in nanoGPT."""
-    if tokenizer.eot_token is not None and EOT_TEXT in text:
-        pieces = text.split(EOT_TEXT)
-        ids = tokenizer.encode(pieces[0])
-        for piece in pieces[1:]:
-            ids += [tokenizer.eot_token] + tokenizer.encode(piece)
-    else:
-        ids = tokenizer.encode(text)
-    if not ids:
-        fail("the prompt is empty after encoding; give at least one character (e.g. --start='\\n')")
-    return ids
+    """Token ids of a prompt (textdata.encode_prompt: '<|endoftext|>' is GPT-2's token); a
+    ValueError for an empty prompt or characters the vocabulary lacks."""
+    return encode_prompt(tokenizer, text)
 
 
 # ----------------------------------------------------------------------------- generation
-class Sample:
-    """The text of one row as it grows: decoded incrementally, cut at a stop string or EOT."""
-
-    def __init__(self, prompt):
-        self.prompt = prompt
-        self.decoder = StreamDecoder(tokenizer)
-        self.text = ''
-        self.shown = 0  # characters already streamed
-        self.done = False
-
-    def add(self, token):
-        if self.done:
-            return
-        if (stop_at_eot and token == tokenizer.eot_token) or token == line_end:
-            self.finish()
-            return
-        self.text += self.decoder.push([token])
-        if stop and stop in self.text:
-            self.text = self.text[:self.text.index(stop)]
-            self.done = True
-
-    def finish(self):
-        if not self.done:
-            self.text += self.decoder.flush()
-            if stop and stop in self.text:
-                self.text = self.text[:self.text.index(stop)]
-        self.done = True
-
-    def ready_text(self):
-        """New text that can be shown: holds back a tail that might still become the stop string."""
-        end = len(self.text) if self.done or not stop else max(len(self.text) - len(stop) + 1, 0)
-        new = self.text[self.shown:end]
-        self.shown = max(self.shown, end)
-        return new
+stop_ids = ([tokenizer.eot_token] if stop_at_eot and tokenizer.eot_token is not None else []) + \
+    ([line_end] if line_end is not None else [])
 
 
 def generate(prompts, settings, show_stream):
-    """Generate settings['num_samples'] samples per prompt as one batch; return the Samples."""
+    """Generate settings['num_samples'] samples per prompt as one batch; return the TextSamples."""
     rows = [p for p in prompts for _ in range(settings['num_samples'])]
-    samples = [Sample(p) for p in rows]
+    samples = [TextSample(p, tokenizer, stop, stop_ids) for p in rows]
     if show_stream:
         print(rows[0], end='', flush=True)
     stream_iter = model.generate_stream(
@@ -193,18 +155,11 @@ def generate(prompts, settings, show_stream):
         settings['top_k'] or None, settings['top_p'], use_cache=use_cache,
         context_window=context_window or None, window_chunk=window_chunk)
     try:
-        with ctx:
-            for tokens in stream_iter:
-                for sample, token in zip(samples, tokens.tolist()):
-                    sample.add(token)
+        with ctx, contextlib.closing(decode_samples(samples, stream_iter)) as steps:
+            for _ in steps:
                 if show_stream:
                     print(samples[0].ready_text(), end='', flush=True)
-                if all(s.done for s in samples):
-                    break
     finally:
-        stream_iter.close()
-        for s in samples:
-            s.finish()
         if show_stream:
             print(samples[0].ready_text(), flush=True)
     return samples

@@ -388,6 +388,12 @@ class Tokenizer:
         encoding = _load_tiktoken(name)
         return cls("tiktoken", encoding.n_vocab, encoding=encoding)
 
+    def same_vocabulary(self, other) -> bool:
+        """Whether two tokenizers give every token id the same meaning."""
+        if self.kind != other.kind:
+            return False
+        return self.chars == other.chars if self.kind == "char" else self.name == other.name
+
     def encode(self, text: str) -> list[int]:
         if self.kind == "tiktoken":
             # encode_ordinary: "<|endoftext|>" typed in a prompt is text, not the special token.
@@ -410,6 +416,25 @@ class Tokenizer:
         if self.kind == "tiktoken":
             return self.encoding.decode_bytes(ids)
         return self.decode(ids).encode("utf-8")
+
+
+EOT_TEXT = "<|endoftext|>"
+
+
+def encode_prompt(tokenizer, text):
+    """Token ids of a prompt; '<|endoftext|>' in it is GPT-2's end-of-text token, as in nanoGPT.
+    ValueError when nothing is left to condition on."""
+    if tokenizer.eot_token is not None and EOT_TEXT in text:
+        pieces = text.split(EOT_TEXT)
+        ids = tokenizer.encode(pieces[0])
+        for piece in pieces[1:]:
+            ids += [tokenizer.eot_token] + tokenizer.encode(piece)
+    else:
+        ids = tokenizer.encode(text)
+    if not ids:
+        raise ValueError("the prompt is empty after encoding; give at least one character "
+                         "(e.g. --start='\\n')")
+    return ids
 
 
 class StreamDecoder:
