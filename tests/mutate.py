@@ -55,8 +55,6 @@ RESUME = f"{TRAIN_MECH}::test_sigterm_stops_like_ctrl_c_and_bf16_resume_is_exact
 GPT2 = f"{TRAIN_MECH}::test_train_loss_on_gpt2_weights_equals_gpt2lmheadmodels"
 TRAIN = "tests/test_train.py"
 PARITY = f"{TRAIN}::test_resume_parity_exact"
-SAME_BATCHES = (f"{TRAIN}::test_ddp_trains_on_the_same_batches_as_one_process_and_resumes_"
-                f"across_world_sizes")
 NAIVE = "tests/test_model.py::test_logits_match_a_naive_reference"
 DROPOUT = "tests/test_model.py::test_fast_cpu_dropout_matches_dropouts_definition"
 SAMPLING = "tests/test_sampling.py"
@@ -251,18 +249,6 @@ MUTANTS = [
            "    best_val_loss = float(checkpoint['best_val_loss'])",
            "    best_val_loss = float('inf')",
            (f"{TRAIN}::test_best_val_loss_never_increases",)),
-    Mutant("batch-stream-seeded-per-rank", "train.py",
-           "train_generator = torch.Generator().manual_seed(seed)\n",
-           "train_generator = torch.Generator().manual_seed(seed + seed_offset)\n",
-           (SAME_BATCHES,)),
-    Mutant("logged-loss-is-rank-0s-share", "train.py",
-           "            dist.all_reduce(loss_sum)\n            loss_sum /= ddp_world_size\n",
-           "            pass\n",
-           (SAME_BATCHES,)),
-    Mutant("eval-batches-not-shared-out", "train.py",
-           "batches = range(eval_iters)[ddp_rank::ddp_world_size]",
-           "batches = range(eval_iters)",
-           (SAME_BATCHES,)),
     # ---------------------------------------------------------------- checkpoint files
     Mutant("checkpoint-written-in-place", "checkpoint.py",
            '    tmp = f"{path}.tmp.{os.getpid()}"\n',
