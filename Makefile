@@ -13,4 +13,4 @@ quickstart:
 
 test:
 	$(PYTHON) -m pip install -r requirements-dev.txt
-	$(PYTHON) -m pytest tests -q
+	$(PYTHON) -m pytest tests -q -n 2

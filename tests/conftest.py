@@ -23,6 +23,14 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers (pytest-xdist -n 2) on a 2-core machine: each worker's
+    # own torch must keep to one thread, as the scripts the tests start already do, or the two
+    # compete for the cores and both crawl
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
