@@ -478,7 +478,8 @@ def bench_kv():
             predictions = ids.size(0) * (length - 1)
             loss = nll / predictions
             full = loss if full is None else full
-            bits = cache.nbytes() * 8 / (ids.size(0) * cache.length)
+            # per token read: a cropped (learned) cache restarts its length at each re-prefill
+            bits = cache.nbytes() * 8 / predictions
             row = (name, label, bits, loss, loss - full, predictions / seconds)
             table.append(row)
             points.append(row)
