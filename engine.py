@@ -363,7 +363,7 @@ class EvictingKVCache(KVCache):
         """(B, n_head, T, S) mask over the keys write(slot) returned, or None when every query
         may see every key causally (so the attention is computed exactly as KVCache's)."""
         n, held = self.length, self.count[slot]
-        band = min(window or self.context, self.context)
+        band = min(self.context, window or self.context)  # as KVCache's
         sink = self.sink if band == self.context else 0  # sinks serve full layers only
         if held == 0 and self.pad is None and T <= band:
             return None  # a fresh prefill inside the band: plain causal
