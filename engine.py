@@ -335,6 +335,10 @@ class EvictingKVCache(KVCache):
         self.score = [None] * n_sets       # (B, n_kv_head, size) attention it has received
         self.pending = [None] * n_sets     # this step's keys, values, slots, scores
 
+    def nbytes(self):
+        """The K/V stores plus what eviction keeps per slot: its position and its score."""
+        return super().nbytes() + sum(store_nbytes(t) for t in self.slot_pos + self.score)
+
     def sinks(self, slot):
         """Sink tokens of a set: only a set as wide as the context has full layers."""
         return self.sink if self.capacities[slot] == self.context else 0
@@ -352,7 +356,8 @@ class EvictingKVCache(KVCache):
         else:  # some must go after this step (advance); until then all are seen
             keys = torch.cat([self.k[slot][:, :, :held], roundtrip(self.cache_dtype, k, True)], 2)
             values = torch.cat([self.v[slot][:, :, :held], roundtrip(self.cache_dtype, v, False)], 2)
-        key_pos = new_pos if held == 0 else torch.cat([self.slot_pos[slot][..., :held], new_pos], -1)
+        key_pos = new_pos if held == 0 else \
+            torch.cat([self.slot_pos[slot][..., :held].long(), new_pos], -1)
         score = torch.zeros(key_pos.shape, device=k.device)
         if held:
             score[..., :held] = self.score[slot][..., :held]
@@ -426,7 +431,8 @@ class EvictingKVCache(KVCache):
             self.v[slot][:, :, :size] = values
         if self.slot_pos[slot] is None:
             B, nkv, _ = self.shape
-            self.slot_pos[slot] = torch.full((B, nkv, size), -1, device=key_pos.device)
+            self.slot_pos[slot] = torch.full((B, nkv, size), -1, dtype=torch.int32,
+                                             device=key_pos.device)
             self.score[slot] = torch.zeros(B, nkv, size, device=key_pos.device)
         S = key_pos.size(-1)
         self.slot_pos[slot][..., :S] = key_pos

@@ -180,7 +180,7 @@ def test_eviction_keeps_the_recent_window_and_each_keys_own_rotation():
     with torch.no_grad():
         for t in range(ids.size(1)):
             model(ids[:, t:t + 1], cache=cache)
-            held = cache.slot_pos[0][..., :cache.count[0]]       # (B, nkv, held)
+            held = cache.slot_pos[0][..., :cache.count[0]].long()  # (B, nkv, held)
             assert cache.count[0] == min(t + 1, 6)
             assert bool((held.diff(dim=-1) > 0).all())           # position order
             recent = torch.arange(max(0, t - 2), t + 1)
