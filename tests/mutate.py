@@ -158,7 +158,7 @@ MUTANTS = [
     Mutant("kv-budget-scores-summed-over-keys", "engine.py",
            "self.pending[slot][3] += att.softmax(dim=-1).sum(dim=(2, 3))",
            "self.pending[slot][3] += att.softmax(dim=-2).sum(dim=(2, 3))",
-           (f"{KV}::test_eviction_drops_the_least_attended_token",)),
+           (f"{KV}::test_eviction_drops_the_least_attended_tokens",)),
     Mutant("kv-sink-columns-off-by-one", "engine.py",
            "(k_pos < first + sink))",
            "(k_pos <= first + sink))",
