@@ -305,8 +305,9 @@ class EvictingKVCache(KVCache):
 
     - budget > 0 (kv_budget, H2O: Zhang et al. 2023): each set keeps at most `budget` tokens.
       Attention hands over its probabilities (observe); each token sums what every query of
-      every layer of the set gave it. When a token must go, the newest budget // 2 stay (the
-      recent window) and of the older ones those with the largest sums stay.
+      every layer of the set gave it. When a token must go, the newest half of the budget
+      (less any sinks) stays, the recent window, and of the older tokens those with the largest
+      sums stay.
     - sink > 0 (kv_sink, attention sinks: Xiao et al. 2023): in a set that full layers read,
       the first `sink` tokens stay for good; a full layer then sees them plus its last
       context - sink tokens. Windowed layers never saw the first token in training, so their
