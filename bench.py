@@ -1,6 +1,7 @@
 """
 Benchmarks: training-step speed (ms/iter, tokens/s, FLOP/s, MFU), two settings side by side,
-a profiler view, and generation speed with and without the KV cache.
+a profiler view, generation speed with and without the KV cache, and the KV cache report:
+trained runs' val loss through compressed caches against the bits they keep (--mode=kv).
 
     python bench.py                                          # train_don_char.py's shape, random data
     python bench.py config/train_shakespeare_char.py config/cpu_small.py --dataset=shakespeare_char
