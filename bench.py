@@ -1,6 +1,7 @@
 """
 Benchmarks: training-step speed (ms/iter, tokens/s, FLOP/s, MFU), two settings side by side,
-a profiler view, and generation speed with and without the KV cache.
+a profiler view, generation speed with and without the KV cache, and the KV cache report:
+trained runs' val loss through compressed caches against the bits they keep (--mode=kv).
 
     python bench.py                                          # train_don_char.py's shape, random data
     python bench.py config/train_shakespeare_char.py config/cpu_small.py --dataset=shakespeare_char
@@ -11,6 +12,7 @@ a profiler view, and generation speed with and without the KV cache.
     python bench.py --n_kv_head=2 --attn_window=64 --window_pattern=SSSL  # any attention variant
     python bench.py --mode=generate --checkpoint=out-don-small-char/ckpt.pt  # a trained model
     python bench.py --quick=True                             # a tiny smoke run
+    python bench.py --mode=kv --out_dir=out-rope --out_dir=out-gqa  # compressed KV caches: loss vs bits
 
 Timings on a shared machine are noisy: the comparison alternates A and B (A B A B ...) and
 reports medians, so drift hits both sides alike.
@@ -24,7 +26,7 @@ import torch
 
 # -----------------------------------------------------------------------------
 # defaults (config/train_don_char.py's model shape; a config file or --key=value overrides)
-mode = 'train'  # train (time optimizer steps) or generate (time sampling)
+mode = 'train'  # train (time optimizer steps), generate (time sampling) or kv (KV cache report)
 dataset = ''  # '' = random tokens; else a prepared data/<dataset> (its vocabulary is used)
 vocab_size = 65  # with random tokens only
 batch_size = 64
@@ -62,15 +64,25 @@ window_chunk = 64  # generate mode, learned positions: also time this approximat
 hf_generate = True  # generate mode: also time transformers' generate on the exported model
 checkpoint = ''  # a train.py checkpoint (.pt) to time instead of random weights of the shape above
 quick = False  # tiny shapes and few steps: checks that everything runs
+out_dir = ''  # kv mode: a train.py run to report; repeat --out_dir=... for several
+kv_sequences = 4  # kv mode: val sequences, fed one token at a time through the cache (a batch)
+kv_length = 0  # kv mode: tokens per sequence (0 = 4 x block_size; learned positions crop past it)
+kv_budgets = '16,32'  # kv mode: kv_budget rows (tokens per layer), comma-separated
+kv_sinks = '4'  # kv mode: kv_sink rows (rope/none models), comma-separated
+kv_windows = '16,32'  # kv mode: context_window rows, comma-separated
+report_dir = ''  # kv mode: where kv_frontier.png goes ('' = the first out_dir)
 # -----------------------------------------------------------------------------
 # keys that train.py's config files set and a benchmark has no use for
-TRAIN_ONLY = ['out_dir', 'eval_interval', 'log_interval', 'eval_iters', 'eval_only',
+TRAIN_ONLY = ['eval_interval', 'log_interval', 'eval_iters', 'eval_only',
               'always_save_checkpoint', 'checkpoint_interval', 'init_from',
               'resume_checkpoint_name', 'wandb_log', 'wandb_project', 'wandb_run_name',
               'tensorboard_log', 'max_iters', 'decay_lr', 'lr_decay_iters', 'min_lr', 'backend']
 from configurator import coerce, configure, parse_value  # noqa: E402
 
 config = configure(globals(), ignore=TRAIN_ONLY)
+# configure keeps the last of a repeated key; kv mode reports every --out_dir given
+out_dirs = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--out_dir=')] or \
+    ([out_dir] if out_dir else [])
 
 import os  # noqa: E402
 
@@ -355,6 +367,170 @@ def exported_to_transformers(model):
     return hf.to(model.lm_head.weight.device).eval()
 
 
+# ----------------------------------------------------------------------------- kv mode
+def int_list(key):
+    try:
+        return [int(x) for x in str(config[key]).split(',') if x.strip()]
+    except ValueError:
+        sys.exit(f"error: --{key} takes comma-separated token counts, e.g. --{key}=16,32")
+
+
+def kv_rows(cfg):
+    """The rows of one model: (label, teacher_forced settings). Built from its config, so any
+    model gets the rows that apply to it. Hook for models whose cache is a fixed-size state
+    (linear attention, XL memory): a row per state setting goes here; the report measures
+    whatever cache teacher_forced returns, by its nbytes(), per token read."""
+    rows = [('full cache', {})]
+    rows += [(f'kv_cache_dtype={d}', dict(kv_cache_dtype=d)) for d in ('int8', 'fp8', 'int4')]
+    rows += [(f'kv_budget={b}', dict(kv_budget=b)) for b in int_list('kv_budgets')
+             if b < cfg.block_size]
+    rows += [(f'kv_budget={b}, int4', dict(kv_budget=b, kv_cache_dtype='int4'))
+             for b in int_list('kv_budgets')[-1:] if b < cfg.block_size]
+    rows += [(f'context_window={w}', dict(context_window=w)) for w in int_list('kv_windows')
+             if w < cfg.block_size]
+    if cfg.pos_emb != 'learned':  # sinks matter where the cache rolls past the context
+        rows += [(f'kv_sink={s}', dict(kv_sink=s)) for s in int_list('kv_sinks')
+                 if s < cfg.block_size]
+    return rows
+
+
+def val_sequences(run_config, meta, n, length, device):
+    """n sequences of `length` tokens, evenly spread over the val split of the run's dataset."""
+    import numpy as np
+    name = config['dataset'] or run_config.get('dataset', '')
+    data_dir = os.path.join(REPO, 'data', name)
+    if not os.path.isdir(data_dir) and os.path.isdir(name):
+        data_dir = name
+    path = os.path.join(data_dir, 'val.bin')
+    if not name or not os.path.isfile(path):
+        sys.exit(f"error: no val.bin for dataset {name!r} ({data_dir}); run: "
+                 f"python data/{name or 'NAME'}/prepare.py, or pass --dataset=NAME")
+    data = np.memmap(path, dtype=(meta or {}).get('dtype', 'uint16'), mode='r')
+    if len(data) < n * length:
+        sys.exit(f"error: {path} has {len(data)} tokens, fewer than --kv_sequences={n} x "
+                 f"{length}; lower --kv_sequences or --kv_length")
+    starts = np.linspace(0, len(data) - length, n).astype(np.int64)
+    return torch.tensor(np.stack([data[s:s + length] for s in starts]).astype(np.int64),
+                        device=device)
+
+
+def quantisation_errors(model, ids):
+    """Relative RMS error of each storage format on this model's real keys and values: the
+    full cache after the first block_size tokens, every layer."""
+    from engine import roundtrip, teacher_forced
+    _, cache = teacher_forced(model, ids[:, :model.config.block_size + 1])
+    formats = {'int8 absmax/token': 'int8', 'fp8 e4m3/token': 'fp8', 'int4 g32 rotated': 'int4'}
+    errors = {}
+    for name, fmt in formats.items():
+        for keys, bufs in (('K', cache.k), ('V', cache.v)):
+            err = [((roundtrip(fmt, x, keys == 'K') - x).norm() / x.norm()).item() for x in bufs]
+            errors[name, keys] = max(err)
+    for keys, bufs in (('K', cache.k), ('V', cache.v)):  # the alternatives, for the README
+        errors['int8 asymmetric/token', keys] = max(asymmetric_int8_error(x) for x in bufs)
+        errors['int4 g32 unrotated', keys] = max(
+            ((engine_int4(x, rotate=False) - x).norm() / x.norm()).item() for x in bufs)
+    return errors
+
+
+def asymmetric_int8_error(x):
+    """int8 with a per-token offset: 255 levels between each vector's min and max."""
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 255).clamp(min=1e-8)
+    return ((((x - lo) / scale).round() * scale + lo - x).norm() / x.norm()).item()
+
+
+def engine_int4(x, rotate):
+    from engine import Int4Store
+    store = Int4Store(tuple(x.shape), x.dtype, x.device, rotate=rotate)
+    store[:, :, :] = x
+    return store[:, :, :]
+
+
+def bench_kv():
+    """Each run's next-token loss on its val split through the cache, one token at a time, for
+    each compressed-cache setting: a Markdown table and kv_frontier.png (bits/token vs loss)."""
+    from engine import teacher_forced
+    if not out_dirs:
+        sys.exit("error: --mode=kv needs a trained run: --out_dir=RUN (repeat for several)")
+    dev = pick_device(device)
+    table, points = [], []
+    for run in out_dirs:
+        path = os.path.join(run, 'ckpt.pt')
+        try:
+            ckpt = load_checkpoint(path, 'cpu')
+            model = model_from_checkpoint(ckpt, dropout=0.0, path=path).to(dev).eval()
+        except CheckpointError as e:
+            sys.exit(f"error: {e}")
+        cfg = model.config
+        length = config['kv_length'] or 4 * cfg.block_size
+        ids = val_sequences(ckpt.get('config') or {}, ckpt.get('meta'), config['kv_sequences'],
+                            length, dev)
+        name = os.path.basename(os.path.normpath(run))
+        note = ' (learned positions: cropped to the last block_size)' \
+            if cfg.pos_emb == 'learned' and length > cfg.block_size else ''
+        print(f"{name}: {cfg.n_layer} layers x {cfg.n_embd}, block {cfg.block_size}, "
+              f"{describe_variant(cfg)}; {config['kv_sequences']} val sequences x {length} tokens"
+              f"{note}", flush=True)
+        full = None
+        for label, settings in kv_rows(cfg):
+            t0 = time.perf_counter()
+            nll, cache = teacher_forced(model, ids, **settings)
+            seconds = time.perf_counter() - t0
+            predictions = ids.size(0) * (length - 1)
+            loss = nll / predictions
+            full = loss if full is None else full
+            # per token read: a cropped (learned) cache restarts its length at each re-prefill
+            bits = cache.nbytes() * 8 / predictions
+            row = (name, label, bits, loss, loss - full, predictions / seconds)
+            table.append(row)
+            points.append(row)
+            print(f"  {label}: {bits:,.0f} bits/token, loss {loss:.4f}", flush=True)
+        errors = quantisation_errors(model, ids)
+        print(f"  quantisation error (relative RMS, worst layer) of {name}'s keys / values: " +
+              "; ".join(f"{fmt} {errors[fmt, 'K']:.4f} / {errors[fmt, 'V']:.4f}"
+                        for fmt in dict.fromkeys(f for f, _ in errors)))
+    print()
+    print(f"| model | cache | KV bits/token | loss | Δloss | decode tokens/s (batch {config['kv_sequences']}) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for name, label, bits, loss, delta, tps in table:
+        print(f"| {name} | {label} | {bits:,.0f} | {loss:.4f} | {delta:+.4f} | {tps:,.0f} |")
+    plot_frontier(points)
+
+
+def describe_variant(cfg):
+    changed = [f"{k}={getattr(cfg, k)!r}" for k in VARIANT_KEYS
+               if getattr(cfg, k) != getattr(GPTConfig, k)]
+    return ', '.join(changed) or 'GPT-2 attention'
+
+
+def plot_frontier(points):
+    from runlog import import_matplotlib, save_figure
+    make_figure = import_matplotlib()
+    if make_figure is None:
+        return
+    fig = make_figure(figsize=(9, 6))
+    ax = fig.subplots()
+    for name in dict.fromkeys(p[0] for p in points):
+        mine = [p for p in points if p[0] == name]
+        dots = ax.plot([p[2] for p in mine], [p[3] for p in mine], 'o', label=name)[0]
+        for _, label, bits, loss, _, _ in mine:
+            ax.annotate(label.replace('kv_cache_dtype=', '').replace('context_window', 'window'),
+                        (bits, loss), fontsize=6, color=dots.get_color(),
+                        xytext=(3, 2), textcoords='offset points')
+    ax.set_xscale('log')
+    ax.set_xlabel('KV cache bits per token read (all layers)')
+    ax.set_ylabel('val loss through the cache (nats/token)')
+    ax.set_title('How low can the KV cache go: memory vs loss')
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    folder = config['report_dir'] or out_dirs[0]
+    os.makedirs(folder, exist_ok=True)
+    png = os.path.join(folder, 'kv_frontier.png')
+    save_figure(fig, png)
+    print(f"\nwrote {png}")
+
+
 torch.set_grad_enabled(True)
 if fast_cpu and pick_device(device) == 'cpu':
     reuse_freed_memory()
@@ -362,5 +538,7 @@ if mode == 'train':
     bench_train()
 elif mode == 'generate':
     bench_generate()
+elif mode == 'kv':
+    bench_kv()
 else:
-    sys.exit(f"error: mode must be 'train' or 'generate', got {mode!r}")
+    sys.exit(f"error: mode must be 'train', 'generate' or 'kv', got {mode!r}")

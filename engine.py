@@ -7,6 +7,9 @@ What it holds:
 - KVCache: per set of keys/values (one per kv_share group of layers), a ring buffer of at most
   the tokens its layers may see, so a windowed layer's memory stays at its window however long
   the sequence grows.
+- Int8Store, Fp8Store, Int4Store: compressed storage for those buffers (kv_cache_dtype), read
+  back as floats; EvictingKVCache: a cache that keeps chosen tokens instead of the newest ones
+  (kv_budget: heavy hitters plus a recent window; kv_sink: the first tokens stay).
 - generate_stream: prefill the prompt, then one token per step. Learned positions crop the
   context to the last `context_window` tokens exactly like nanoGPT; rope/none models never
   re-read the context: every layer keeps attending to its last `context_window` (or window)
@@ -19,8 +22,139 @@ What it holds:
 What it is not: printing (sample.py) or a prompt loop (interactive.py).
 """
 
+import math
+
 import torch
 from torch.nn import functional as F
+
+# ----------------------------------------------------------------------------- storage formats
+# A store holds one K or V buffer, (B, n_kv_head, slots, hd), and is indexed like that tensor
+# along the slot dimension: store[:, :, i] = x quantises x, store[:, :, i] reads floats back.
+# KVCache's ring logic is thus the same for every format; 'auto' keeps a plain tensor.
+CACHE_DTYPES = ('auto', 'int8', 'fp8', 'int4')
+
+
+def _slots(key):
+    """The slot index of store[:, :, index]: the only way KVCache indexes a buffer."""
+    assert len(key) == 3 and key[0] == slice(None) and key[1] == slice(None), key
+    return key
+
+
+class Int8Store:
+    """int8 codes, one fp16 scale per token per head: x ~ code * scale, scale = absmax / 127
+    (symmetric, so zero is exact and no offset is stored). 8 + 16 / hd bits per number."""
+
+    def __init__(self, shape, dtype, device):
+        self.dtype, self.shape = dtype, shape
+        self.codes = torch.zeros(shape, dtype=torch.int8, device=device)
+        self.scale = torch.zeros(shape[:-1] + (1,), dtype=torch.float16, device=device)
+
+    def __setitem__(self, key, x):
+        key = _slots(key)
+        absmax = x.abs().amax(dim=-1, keepdim=True).float()
+        # fp16 holds the scale; its smallest normal keeps an all-zero vector from dividing by 0
+        scale = (absmax / 127).clamp(min=6.2e-5).to(torch.float16)
+        self.codes[key] = (x.float() / scale.float()).round().clamp(-127, 127).to(torch.int8)
+        self.scale[key] = scale
+
+    def __getitem__(self, key):
+        key = _slots(key)
+        return (self.codes[key].float() * self.scale[key].float()).to(self.dtype)
+
+    def nbytes(self):
+        return self.codes.numel() + self.scale.numel() * 2
+
+
+class Fp8Store(Int8Store):
+    """float8 e4m3 numbers (3 mantissa bits: relative steps of 1/16 to 1/8 at any size) after
+    dividing by one fp16 scale per token per head, absmax / 448 (e4m3's largest value)."""
+
+    def __init__(self, shape, dtype, device):
+        super().__init__(shape, dtype, device)
+        self.codes = torch.zeros(shape, dtype=torch.float8_e4m3fn, device=device)
+
+    def __setitem__(self, key, x):
+        key = _slots(key)
+        absmax = x.abs().amax(dim=-1, keepdim=True).float()
+        scale = (absmax / 448).clamp(min=6.2e-5).to(torch.float16)
+        self.codes[key] = (x.float() / scale.float()).clamp(-448, 448).to(torch.float8_e4m3fn)
+        self.scale[key] = scale
+
+
+def random_rotation(n, seed=0):
+    """A fixed (n, n) orthogonal matrix: turning keys by it before quantising spreads a few
+    large channels over all of them, and q . k is unchanged once they are turned back."""
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r))).float()  # sign fix: a unique, proper draw
+
+
+class Int4Store:
+    """4-bit codes, two per byte, with one fp16 scale per group of `group` numbers of a token's
+    head: x ~ code * scale, code in -7..7, scale = absmax / 7. rotate=True (keys) turns each
+    vector by random_rotation first: a key's few outlier channels would otherwise set its
+    scale and leave the other channels with one or two levels. 4 + 16 / group bits per number."""
+
+    def __init__(self, shape, dtype, device, group=32, rotate=False):
+        hd = shape[-1]
+        self.group = min(group, hd)
+        assert hd % 2 == 0 and hd % self.group == 0, f"head_dim {hd} vs group {self.group}"
+        self.dtype, self.shape = dtype, shape
+        self.codes = torch.zeros(shape[:-1] + (hd // 2,), dtype=torch.uint8, device=device)
+        self.scale = torch.zeros(shape[:-1] + (hd // self.group,), dtype=torch.float16,
+                                 device=device)
+        self.rotation = random_rotation(hd).to(device) if rotate else None
+
+    def __setitem__(self, key, x):
+        key = _slots(key)
+        x = x.float()
+        if self.rotation is not None:
+            x = x @ self.rotation
+        groups = x.unflatten(-1, (-1, self.group))                   # (..., hd/group, group)
+        scale = (groups.abs().amax(dim=-1, keepdim=True) / 7).clamp(min=6.2e-5).to(torch.float16)
+        codes = ((groups / scale.float()).round().clamp(-7, 7) + 8).to(torch.uint8).flatten(-2)
+        self.codes[key] = codes[..., 0::2] | (codes[..., 1::2] << 4)  # (..., hd/2) bytes
+        self.scale[key] = scale.squeeze(-1)
+
+    def __getitem__(self, key):
+        key = _slots(key)
+        packed = self.codes[key]
+        codes = torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2)  # (..., hd)
+        groups = (codes.float() - 8).unflatten(-1, (-1, self.group))
+        x = (groups * self.scale[key].float()[..., None]).flatten(-2)
+        if self.rotation is not None:
+            x = x @ self.rotation.T
+        return x.to(self.dtype)
+
+    def nbytes(self):
+        return self.codes.numel() + self.scale.numel() * 2
+
+
+def make_store(cache_dtype, shape, dtype, device, keys):
+    """An empty K (keys=True) or V buffer of `shape` in format `cache_dtype`."""
+    if cache_dtype == 'auto':  # what the model computes in: a plain tensor, as before
+        return torch.zeros(shape, dtype=dtype, device=device)
+    if cache_dtype == 'int8':
+        return Int8Store(shape, dtype, device)
+    if cache_dtype == 'fp8':
+        return Fp8Store(shape, dtype, device)
+    assert cache_dtype == 'int4', cache_dtype
+    return Int4Store(shape, dtype, device, rotate=keys)
+
+
+def store_nbytes(buf):
+    if buf is None:
+        return 0
+    return buf.numel() * buf.element_size() if torch.is_tensor(buf) else buf.nbytes()
+
+
+def roundtrip(cache_dtype, x, keys):
+    """x (B, h, T, hd) as a store of that format would give it back."""
+    if cache_dtype == 'auto':
+        return x
+    store = make_store(cache_dtype, tuple(x.shape), x.dtype, x.device, keys)
+    store[:, :, :] = x
+    return store[:, :, :]
 
 
 class KVCache:
@@ -33,12 +167,17 @@ class KVCache:
     counts the slots written so far (the same for every row). Rows with shorter prompts are
     left-padded: `pad[b]` pad slots lead row b; they are masked out and skipped by positions.
     `context` is the furthest back a full layer looks (block_size or sample.py's context_window).
+    `cache_dtype` is the storage format (make_store); 'auto' keeps what the model computes.
     """
 
-    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context=None):
+    wants_scores = False  # EvictingKVCache with a budget: attention hands it its probabilities
+
+    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context=None,
+                 cache_dtype='auto'):
         self.capacities = list(capacities)
         self.shape = (batch_size, n_kv_head, head_dim)
         self.context = context or max(self.capacities)
+        self.cache_dtype = cache_dtype
         n_sets = len(self.capacities)
         self.k, self.v = [None] * n_sets, [None] * n_sets  # allocated on first write
         # where the keys the last write(slot) returned sit: None = slots 0..S-1 in order, an int
@@ -46,15 +185,20 @@ class KVCache:
         self.key_pos = [None] * n_sets
         self.reset()
 
-    @classmethod
-    def for_model(cls, config, batch_size, context):
+    @staticmethod
+    def for_model(config, batch_size, context, cache_dtype='auto', budget=0, sink=0):
         """A cache for `config`'s layers where full layers see `context` tokens: each K/V set
-        gets the widest view among the layers that read it."""
+        gets the widest view among the layers that read it. budget or sink > 0: an
+        EvictingKVCache that keeps `budget` tokens per set and/or the first `sink` tokens."""
         capacities = []
         for group in range(config.kv_groups):
             layers = range(group * config.kv_share, min((group + 1) * config.kv_share, config.n_layer))
             capacities.append(max(min(config.layer_window(i) or context, context) for i in layers))
-        return cls(capacities, batch_size, config.kv_heads, config.n_embd // config.n_head, context)
+        shape = (capacities, batch_size, config.kv_heads, config.n_embd // config.n_head, context,
+                 cache_dtype)
+        if budget or sink:
+            return EvictingKVCache(*shape, n_head=config.n_head, budget=budget, sink=sink)
+        return KVCache(*shape)
 
     def reset(self, pad=None):
         """Empty the cache; `pad` is a (B,) int64 tensor of left-padding per row, or None."""
@@ -63,8 +207,14 @@ class KVCache:
         self.max_pad = int(self.pad.max()) if self.pad is not None else 0
 
     def nbytes(self):
-        """Bytes the buffers hold now (keys and values of every set)."""
-        return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
+        """Bytes the buffers hold now (keys and values of every set, codes and scales)."""
+        return sum(store_nbytes(t) for t in self.k + self.v)
+
+    def _allocate(self, slot, k, slots):
+        """Empty K and V stores of `slots` tokens for set `slot`, in k's dtype (autocast's)."""
+        B, nkv, hd = self.shape
+        self.k[slot] = make_store(self.cache_dtype, (B, nkv, slots, hd), k.dtype, k.device, True)
+        self.v[slot] = make_store(self.cache_dtype, (B, nkv, slots, hd), k.dtype, k.device, False)
 
     def positions(self, T, device):
         """Position ids for the next T tokens: (T,) or, with padding, (B, T)."""
@@ -79,9 +229,7 @@ class KVCache:
         key_pos[slot] (None: simply 0..S-1) for attn_mask."""
         n, T, cap = self.length, k.size(2), self.capacities[slot]
         if self.k[slot] is None or self.k[slot].dtype != k.dtype:
-            B, nkv, hd = self.shape
-            self.k[slot] = torch.zeros(B, nkv, cap, hd, dtype=k.dtype, device=k.device)
-            self.v[slot] = torch.zeros(B, nkv, cap, hd, dtype=v.dtype, device=v.device)
+            self._allocate(slot, k, cap)
         kbuf, vbuf = self.k[slot], self.v[slot]
         if n + T <= cap:  # not wrapped yet: slots in order, nothing to hide
             kbuf[:, :, n:n + T] = k
@@ -92,16 +240,18 @@ class KVCache:
             kbuf[:, :, n % cap] = k[:, :, 0]
             vbuf[:, :, n % cap] = v[:, :, 0]
             self.key_pos[slot] = n + 1
-            return kbuf, vbuf
+            return kbuf[:, :, :cap], vbuf[:, :, :cap]
         # several tokens that do not fit: they attend to what is stored and to each other, then
         # only the newest `cap` of them are kept
         new_pos = torch.arange(n, n + T, device=k.device)
         if n == 0:
-            keys, values, key_pos = k, v, None
+            keys, values = roundtrip(self.cache_dtype, k, True), roundtrip(self.cache_dtype, v, False)
+            key_pos = None
         else:
             stored = min(n, cap)
-            keys = torch.cat([kbuf[:, :, :stored], k], dim=2)
-            values = torch.cat([vbuf[:, :, :stored], v], dim=2)
+            # the new tokens as the store will hold them, like the cached ones
+            keys = torch.cat([kbuf[:, :, :stored], roundtrip(self.cache_dtype, k, True)], dim=2)
+            values = torch.cat([vbuf[:, :, :stored], roundtrip(self.cache_dtype, v, False)], dim=2)
             key_pos = torch.cat([self._ring_slots(n, cap, k.device)[:stored], new_pos])
         keep = min(T, cap)
         ring = new_pos[-keep:] % cap
@@ -148,28 +298,223 @@ class KVCache:
         self.length += T
 
 
+class EvictingKVCache(KVCache):
+    """
+    A KVCache that chooses which tokens to keep, per row and per K/V head, instead of keeping
+    the newest `capacity` ones of a ring.
+
+    - budget > 0 (kv_budget, H2O: Zhang et al. 2023): each set keeps at most `budget` tokens.
+      Attention hands over its probabilities (observe); each token sums what every query of
+      every layer of the set gave it. When a token must go, the newest half of the budget
+      (less any sinks) stays, the recent window, and of the older tokens those with the largest
+      sums stay.
+    - sink > 0 (kv_sink, attention sinks: Xiao et al. 2023): in a set that full layers read,
+      the first `sink` tokens stay for good; a full layer then sees them plus its last
+      context - sink tokens. Windowed layers never saw the first token in training, so their
+      view is the plain window.
+
+    Tokens that no future query can see (out of every layer's band) go first. Kept tokens sit
+    in position order, each with its slot number in `slot_pos` (B, n_kv_head, slots); keys
+    keep the rotation of their own position, as in the ring. With nothing to drop it returns
+    the same keys, in the same order, as KVCache.
+    """
+
+    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context, cache_dtype='auto',
+                 n_head=None, budget=0, sink=0):
+        super().__init__(capacities, batch_size, n_kv_head, head_dim, context, cache_dtype)
+        self.budget, self.sink, self.n_head = budget, sink, n_head or n_kv_head
+        self.wants_scores = budget > 0
+        self.sizes = [min(budget, cap) if budget else cap for cap in self.capacities]
+        assert all(size > self.sinks(s) for s, size in enumerate(self.sizes)), \
+            f"kv_budget {budget} must exceed kv_sink {sink}"
+
+    def reset(self, pad=None):
+        super().reset(pad)
+        n_sets = len(self.capacities)
+        self.count = [0] * n_sets          # tokens each set holds (the same in every row/head)
+        self.slot_pos = [None] * n_sets    # (B, n_kv_head, size) slot of each kept token
+        self.score = [None] * n_sets       # (B, n_kv_head, size) attention it has received
+        self.pending = [None] * n_sets     # this step's keys, values, slots, scores
+
+    def nbytes(self):
+        """The K/V stores plus what eviction keeps per slot: its position and its score."""
+        return super().nbytes() + sum(store_nbytes(t) for t in self.slot_pos + self.score)
+
+    def sinks(self, slot):
+        """Sink tokens of a set: only a set as wide as the context has full layers."""
+        return self.sink if self.capacities[slot] == self.context else 0
+
+    def write(self, slot, k, v):
+        n, T, held = self.length, k.size(2), self.count[slot]
+        B, nkv, _ = self.shape
+        if self.k[slot] is None or self.k[slot].dtype != k.dtype:
+            self._allocate(slot, k, self.sizes[slot])
+        new_pos = torch.arange(n, n + T, device=k.device).expand(B, nkv, T)
+        if held + T <= self.sizes[slot]:  # room for all: store, read back (as the ring does)
+            self.k[slot][:, :, held:held + T] = k
+            self.v[slot][:, :, held:held + T] = v
+            keys, values = self.k[slot][:, :, :held + T], self.v[slot][:, :, :held + T]
+        else:  # some must go after this step (advance); until then all are seen
+            keys = torch.cat([self.k[slot][:, :, :held], roundtrip(self.cache_dtype, k, True)], 2)
+            values = torch.cat([self.v[slot][:, :, :held], roundtrip(self.cache_dtype, v, False)], 2)
+        key_pos = new_pos if held == 0 else \
+            torch.cat([self.slot_pos[slot][..., :held].long(), new_pos], -1)
+        score = torch.zeros(key_pos.shape, device=k.device)
+        if held:
+            score[..., :held] = self.score[slot][..., :held]
+        self.pending[slot] = [keys, values, key_pos, score]
+        return keys, values
+
+    def attn_mask(self, T, device, window, slot):
+        """(B, n_head, T, S) mask over the keys write(slot) returned, or None when every query
+        may see every key causally (so the attention is computed exactly as KVCache's)."""
+        n, held = self.length, self.count[slot]
+        band = min(self.context, window or self.context)  # as KVCache's
+        sink = self.sink if band == self.context else 0  # sinks serve full layers only
+        if held == 0 and self.pad is None and T <= band:
+            return None  # a fresh prefill inside the band: plain causal
+        k_pos = self.pending[slot][2][:, :, None, :]                # (B, nkv, 1, S)
+        q_pos = torch.arange(n, n + T, device=device)[:, None]      # (T, 1)
+        first = self.pad[:, None, None, None] if self.pad is not None else 0
+        mask = (k_pos <= q_pos) & ((k_pos > q_pos - (band - sink)) | (k_pos < first + sink))
+        if self.pad is not None:  # pad keys hidden; a pad query sees itself (see KVCache)
+            mask = mask & ((k_pos >= first) | (k_pos == q_pos))
+        if T == 1 and bool(mask.all()):
+            return None
+        return mask.repeat_interleave(self.n_head // self.shape[1], dim=1)  # (B, nh, T, S)
+
+    def observe(self, slot, q, k, mask):
+        """Add the attention probabilities of queries q (B, nh, T, hd) over keys k (B, nkv, S,
+        hd) under `mask` to each key's score, summed over the queries and the heads that
+        share its K/V head."""
+        B, nh, T, hd = q.shape
+        nkv, S = k.size(1), k.size(2)
+        att = torch.einsum('bgrtd,bgsd->bgrts', q.float().view(B, nkv, nh // nkv, T, hd),
+                           k.float()) / math.sqrt(hd)                 # (B, nkv, nh/nkv, T, S)
+        if mask is None and T > 1:  # a fresh causal prefill: the keys are the queries
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        if mask is not None:
+            att = att.masked_fill(~mask.view(-1, nkv, nh // nkv, T, S) if mask.dim() == 4
+                                  else ~mask, float('-inf'))
+        self.pending[slot][3] += att.softmax(dim=-1).sum(dim=(2, 3))  # (B, nkv, S)
+
+    def advance(self, T):
+        super().advance(T)
+        for slot, pending in enumerate(self.pending):
+            if pending is not None:
+                self._keep(slot, *pending)
+        self.pending = [None] * len(self.pending)
+
+    def _keep(self, slot, keys, values, key_pos, score):
+        """Store what the next steps need of this step's keys: all of them if they fit, else
+        the `size` with the highest priority, in position order."""
+        size, S = self.sizes[slot], key_pos.size(-1)
+        if S > size:
+            nxt, band, sink = self.length, self.capacities[slot], self.sinks(slot)
+            first = self.pad[:, None, None] if self.pad is not None else 0
+            real = key_pos >= first
+            is_sink = real & (key_pos < first + sink)
+            alive = real & (key_pos > nxt - (band - sink))  # some later query can still see it
+            if self.budget:  # heavy hitters, and the newest half of the budget for sure
+                recent = key_pos >= nxt - (size - sink) // 2
+                priority = torch.where(recent, torch.inf, score)
+            else:  # sinks alone: a ring after the sinks, the newest stay
+                priority = key_pos.float()
+            priority = torch.where(alive, priority, -torch.inf)
+            priority = torch.where(is_sink, torch.inf, priority)
+            keep = priority.topk(size, dim=-1).indices.sort(dim=-1).values  # (B, nkv, size)
+            rows = keep[..., None].expand(-1, -1, -1, keys.size(-1))
+            keys, values = keys.gather(2, rows), values.gather(2, rows)
+            key_pos, score = key_pos.gather(-1, keep), score.gather(-1, keep)
+            # back into the store: re-quantising a vector read from int8/fp8 codes gives the
+            # same codes (int4's rotation: up to float rounding)
+            self.k[slot][:, :, :size] = keys
+            self.v[slot][:, :, :size] = values
+        if self.slot_pos[slot] is None:
+            B, nkv, _ = self.shape
+            self.slot_pos[slot] = torch.full((B, nkv, size), -1, dtype=torch.int32,
+                                             device=key_pos.device)
+            self.score[slot] = torch.zeros(B, nkv, size, device=key_pos.device)
+        S = key_pos.size(-1)
+        self.slot_pos[slot][..., :S] = key_pos
+        self.score[slot][..., :S] = score
+        self.count[slot] = S
+
+
 @torch.inference_mode()  # cheaper than no_grad: no version counters on decode tensors
 def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                    generator=None, use_cache=True, context_window=None, window_chunk=1):
+                    generator=None, use_cache=True, context_window=None, window_chunk=1,
+                    kv_cache_dtype='auto', kv_budget=0, kv_sink=0):
     """
     Yield the next token of every row, (B,) int64, max_new_tokens times. See
     GPT.generate_stream for the arguments.
     """
+    seqs = [list(map(int, row)) for row in (prompts.tolist() if torch.is_tensor(prompts)
+                                            else prompts)]
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("every prompt needs at least one token")
+    window, cache = _setup(model, len(seqs), use_cache, context_window, window_chunk,
+                           kv_cache_dtype, kv_budget, kv_sink)
+    yield from _decode(model, seqs, max_new_tokens, cache, window, window_chunk,
+                       lambda logits: sample_next(logits.float(), temperature, top_k, top_p,
+                                                  generator))
+
+
+@torch.inference_mode()
+def teacher_forced(model, ids, context_window=None, window_chunk=1, kv_cache_dtype='auto',
+                   kv_budget=0, kv_sink=0):
+    """Feed the rows of ids (B, L) one token at a time through a cache set up as for
+    generate_stream, as if each had been sampled: returns the summed cross-entropy (nats) of
+    predicting ids[:, 1:] and the cache at the end (its nbytes() after L tokens)."""
+    B, L = ids.shape
+    window, cache = _setup(model, B, True, context_window, window_chunk, kv_cache_dtype,
+                           kv_budget, kv_sink)
+    targets, nll = ids[:, 1:].to(model.lm_head.weight.device), []
+
+    def forced(logits):
+        nll.append(F.cross_entropy(logits.float(), targets[:, len(nll)], reduction='sum'))
+        return targets[:, len(nll) - 1]
+
+    for _ in _decode(model, ids[:, :1].tolist(), L - 1, cache, window, window_chunk, forced):
+        pass
+    return torch.stack(nll).sum().item(), cache
+
+
+def _setup(model, batch_size, use_cache, context_window, window_chunk, kv_cache_dtype,
+           kv_budget, kv_sink):
+    """Check the settings; return the context window and a cache (None without one)."""
     cfg = model.config
     window = min(context_window or cfg.block_size, cfg.block_size)
     if window < 1:
         raise ValueError(f"context_window must be >= 1, got {context_window}")
     if not 1 <= window_chunk <= window:
         raise ValueError(f"window_chunk must be in [1, {window}], got {window_chunk}")
+    if kv_cache_dtype not in CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {', '.join(CACHE_DTYPES)}, "
+                         f"got {kv_cache_dtype!r}")
+    if kv_budget < 0 or kv_sink < 0:
+        raise ValueError(f"kv_budget and kv_sink must be >= 0 (0 = off), got {kv_budget}, {kv_sink}")
+    if not use_cache and (kv_cache_dtype != 'auto' or kv_budget or kv_sink):
+        raise ValueError("kv_cache_dtype, kv_budget and kv_sink shape the KV cache: "
+                         "set use_cache=True")
+    if kv_sink and cfg.pos_emb == 'learned':
+        raise ValueError("kv_sink needs pos_emb 'rope' or 'none': a learned-position model "
+                         "re-reads its last block_size tokens past block_size, with no sinks")
+    if kv_sink >= window or (kv_budget and kv_sink >= min(kv_budget, window)):
+        raise ValueError(f"kv_sink={kv_sink} must be smaller than the context window ({window}) "
+                         f"and kv_budget ({kv_budget or 'off'})")
+    if not use_cache:
+        return window, None
+    return window, KVCache.for_model(cfg, batch_size, window, kv_cache_dtype, kv_budget, kv_sink)
+
+
+def _decode(model, seqs, steps, cache, window, window_chunk, pick):
+    """The decode loop: `steps` times, the logits of every row's next token, (B, V), go to
+    pick, whose (B,) tokens are appended to seqs (lists, grown in place) and yielded."""
     device = model.lm_head.weight.device
-    seqs = [list(map(int, row)) for row in (prompts.tolist() if torch.is_tensor(prompts)
-                                            else prompts)]
-    if any(len(s) == 0 for s in seqs):
-        raise ValueError("every prompt needs at least one token")
-    crop = cfg.pos_emb == "learned"  # a position table: the context must start again at 0
-    cache = KVCache.for_model(cfg, len(seqs), window) if use_cache else None
-    for _ in range(max_new_tokens):
-        if not use_cache:
+    crop = model.config.pos_emb == "learned"  # a position table: the context must start again at 0
+    for _ in range(steps):
+        if cache is None:
             logits = _reference_logits(model, seqs, window, crop)
         elif cache.length == 0 or (crop and cache.length >= window):
             keep = window if cache.length == 0 or window_chunk == 1 else window - window_chunk + 1
@@ -180,7 +525,7 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None,
         else:
             last = torch.tensor([[s[-1]] for s in seqs], dtype=torch.long, device=device)
             logits, _ = model(last, cache=cache)
-        nxt = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+        nxt = pick(logits[:, -1, :])
         for s, t in zip(seqs, nxt.tolist()):
             s.append(t)
         yield nxt

@@ -204,6 +204,8 @@ class CausalSelfAttention(nn.Module):
             mask = causal_mask(0, T, window, x.device) if 0 < window < T else None
         else:
             mask = cache.attn_mask(T, x.device, self.window, self.kv_slot)
+            if cache.wants_scores:  # kv_budget: the cache ranks tokens by the attention they get
+                cache.observe(self.kv_slot, q, k, mask)
         is_causal = mask is None and T > 1  # then keys are exactly the T queries
         if fused and SDPA_GQA and k.size(1) != nh:  # the kernel reads each kv head per group
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
@@ -532,7 +534,8 @@ class GPT(nn.Module):
         return torch.cat([idx, torch.stack(new, dim=1).to(idx.device)], dim=1)
 
     def generate_stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        generator=None, use_cache=True, context_window=None, window_chunk=1):
+                        generator=None, use_cache=True, context_window=None, window_chunk=1,
+                        kv_cache_dtype='auto', kv_budget=0, kv_sink=0):
         """
         Yield the next token of every row, (B,) int64, max_new_tokens times (engine.py).
 
@@ -549,10 +552,16 @@ class GPT(nn.Module):
           sequence gets; that is forward(whole sequence, band=context_window).
         use_cache=False is the reference: a full forward per token (nanoGPT's loop; rope/none:
         the banded forward over the whole sequence).
+        Compressed caches (README: How low can the KV cache go): kv_cache_dtype 'int8', 'fp8'
+        or 'int4' stores K/V quantised ('auto': as computed); kv_budget > 0 keeps that many
+        tokens per layer (heavy hitters plus a recent window); kv_sink > 0 keeps the first
+        tokens when a rope/none model's cache rolls past context_window.
         """
         return engine.generate_stream(self, prompts, max_new_tokens, temperature, top_k, top_p,
                                       generator=generator, use_cache=use_cache,
-                                      context_window=context_window, window_chunk=window_chunk)
+                                      context_window=context_window, window_chunk=window_chunk,
+                                      kv_cache_dtype=kv_cache_dtype, kv_budget=kv_budget,
+                                      kv_sink=kv_sink)
 
 
 def set_fast_cpu(model, enabled):

@@ -41,6 +41,9 @@ compile = False  # torch.compile the model (pays off only for long generations)
 use_cache = True  # KV cache; False recomputes the whole context per token (nanoGPT's way)
 context_window = 0  # tokens of context each prediction sees (0 = block_size)
 window_chunk = 1  # past the window: 1 = exact nanoGPT cropping, more = faster (see README)
+kv_cache_dtype = 'auto'  # KV cache storage: auto (as computed), int8, fp8 or int4 (README: How low can the KV cache go)
+kv_budget = 0  # tokens each layer's cache keeps: the most attended plus a recent window (0 = all)
+kv_sink = 0  # rope/none past the context: the first N tokens stay in the cache (0 = off)
 interactive = False  # a prompt loop that keeps the model loaded
 # -----------------------------------------------------------------------------
 from configurator import configure  # noqa: E402
@@ -153,7 +156,8 @@ def generate(prompts, settings, show_stream):
     stream_iter = model.generate_stream(
         [encode(p) for p in rows], settings['max_new_tokens'], settings['temperature'],
         settings['top_k'] or None, settings['top_p'], use_cache=use_cache,
-        context_window=context_window or None, window_chunk=window_chunk)
+        context_window=context_window or None, window_chunk=window_chunk,
+        kv_cache_dtype=kv_cache_dtype, kv_budget=kv_budget, kv_sink=kv_sink)
     try:
         with ctx, contextlib.closing(decode_samples(samples, stream_iter)) as steps:
             for _ in steps:

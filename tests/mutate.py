@@ -61,6 +61,7 @@ SAMPLING = "tests/test_sampling.py"
 TOP_P = f"{SAMPLING}::test_top_p_keeps_the_smallest_set_reaching_p"
 FREQUENCIES = f"{SAMPLING}::test_sample_frequencies_follow_temperature_and_filters"
 VARIANTS = "tests/test_attention_variants.py"
+KV = "tests/test_kv_compression.py"
 HF_VARIANTS = "tests/test_hf_variants.py"
 
 MUTANTS = [
@@ -142,6 +143,26 @@ MUTANTS = [
            "pos = torch.arange(self.length, self.length + T, device=device)",
            "pos = torch.arange(self.length + 1, self.length + T + 1, device=device)",
            (f"{SAMPLING}::test_greedy_cache_equals_no_cache_and_nanogpt_loop",)),
+    Mutant("int8-cache-scale-too-small", "engine.py",
+           "scale = (absmax / 127).clamp(min=6.2e-5).to(torch.float16)",
+           "scale = (absmax / 128).clamp(min=6.2e-5).to(torch.float16)",
+           (f"{KV}::test_stored_codes_are_within_half_a_step_of_the_full_cache",)),
+    Mutant("int4-cache-nibbles-swapped", "engine.py",
+           "self.codes[key] = codes[..., 0::2] | (codes[..., 1::2] << 4)",
+           "self.codes[key] = codes[..., 1::2] | (codes[..., 0::2] << 4)",
+           (f"{KV}::test_int4_store_packs_two_codes_per_byte",)),
+    Mutant("kv-budget-forgets-the-recent-window", "engine.py",
+           "priority = torch.where(recent, torch.inf, score)",
+           "priority = score",
+           (f"{KV}::test_eviction_keeps_the_recent_window_and_each_keys_own_rotation",)),
+    Mutant("kv-budget-scores-summed-over-keys", "engine.py",
+           "self.pending[slot][3] += att.softmax(dim=-1).sum(dim=(2, 3))",
+           "self.pending[slot][3] += att.softmax(dim=-2).sum(dim=(2, 3))",
+           (f"{KV}::test_eviction_drops_the_least_attended_tokens",)),
+    Mutant("kv-sink-columns-off-by-one", "engine.py",
+           "(k_pos < first + sink))",
+           "(k_pos <= first + sink))",
+           (f"{KV}::test_sinks_equal_the_band_plus_the_first_columns",)),
     Mutant("gelu-flavours-swapped", "model.py",
            'nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")',
            'nn.GELU(approximate="none" if config.gelu == "tanh" else "tanh")',

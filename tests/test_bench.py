@@ -206,3 +206,41 @@ def test_reuse_freed_memory_keeps_tensors_off_fresh_mmaps(size):
         assert proc.returncode == 0, proc.stderr
         mapped[reuse] = int(proc.stdout.split()[-1])
     assert mapped[False] >= size and mapped[True] == 0, mapped
+
+
+def test_kv_report_prints_every_column_for_every_row(char_dataset, tmp_path):
+    """bench.py --mode=kv on two tiny runs trained here (learned positions and rope + GQA): one
+    Markdown row per cache setting that applies to each model, every column a number, the full
+    cache's Δloss 0, a quantised cache fewer bits than the full one, and the frontier PNG."""
+    runs = {}
+    for name, flags in (("learned", []), ("rope", ["--pos_emb=rope", "--n_kv_head=1"])):
+        runs[name] = tmp_path / name
+        result = run_train(char_dataset, runs[name], "--max_iters=2", "--eval_interval=2",
+                           *flags, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    proc = subprocess.run([sys.executable, "bench.py", "--mode=kv", "--device=cpu",
+                           f"--out_dir={runs['learned']}", f"--out_dir={runs['rope']}",
+                           "--kv_sequences=1", "--kv_length=40", "--kv_budgets=8,16",
+                           "--kv_windows=8", "--kv_sinks=2", f"--report_dir={tmp_path / 'report'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][2:]
+    number = r"[+-]?[\d,]+(\.\d+)?"
+    table = {}
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 6 and all(re.fullmatch(number, c) for c in cells[2:]), line
+        table[cells[0], cells[1]] = [float(c.replace(",", "")) for c in cells[2:]]
+    settings = ["full cache", "kv_cache_dtype=int8", "kv_cache_dtype=fp8", "kv_cache_dtype=int4",
+                "kv_budget=8", "kv_budget=16", "kv_budget=16, int4", "context_window=8"]
+    assert sorted(table) == sorted([("learned", s) for s in settings] +
+                                   [("rope", s) for s in settings + ["kv_sink=2"]]), sorted(table)
+    for name in runs:
+        full_bits, _, full_delta, _ = table[name, "full cache"]
+        assert full_delta == 0
+        assert table[name, "kv_cache_dtype=int8"][0] < full_bits / 3  # fp32 -> 8 bits + scales
+        # 8 of 32 slots; each slot of a head (K and V: 2 x 16 fp32) also keeps its position
+        # (int32) and score (fp32) for eviction: 136 bytes instead of 128
+        assert table[name, "kv_budget=8"][0] == pytest.approx(full_bits / 4 * 136 / 128, rel=0.01)
+    assert "quantisation error" in proc.stdout
+    assert (tmp_path / "report" / "kv_frontier.png").stat().st_size > 10_000
