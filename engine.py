@@ -177,12 +177,7 @@ class LinearState:
         L, B, H, d = self.shape
         return L * B * H * (d * d + d) * 4  # fp32, allocated or not yet
 
-    def positions(self, T, device):
-        """Position ids for the next T tokens (learned positions): (T,) or, with padding, (B, T)."""
-        pos = torch.arange(self.length, self.length + T, device=device)
-        if self.pad is not None:
-            pos = (pos[None, :] - self.pad[:, None]).clamp(min=0)
-        return pos
+    positions = KVCache.positions  # the same length and pad, the same position ids
 
     def attend(self, layer, q, k, v):
         """q, k (B, H, T, hd) through the feature map, v (B, H, T, hd) of the next T tokens ->

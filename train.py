@@ -256,7 +256,9 @@ xl_memories = [XLMemory(xl_memory) for _ in range(gradient_accumulation_steps)] 
 def next_micro_batches():
     """Where this rank's micro-batches of the next optimizer step start: every rank draws all
     gradient_accumulation_steps x world size micro-batches of the step (batch_size window
-    starts each; line numbers for a line dataset) and keeps every world-size-th, from its rank."""
+    starts each; line numbers for a line dataset) and keeps every world-size-th, from its rank.
+    data_order='sequential': the global batch's rows are sequential_starts' rows for this step,
+    in order, cut into micro-batches the same way; at the wrap the XL memories are emptied."""
     n_micro = gradient_accumulation_steps * ddp_world_size
     if data_order == 'sequential':  # row g of the global batch continues its own stretch
         starts, wrapped = sequential_starts(split_tokens['train'], n_micro * batch_size,

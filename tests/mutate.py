@@ -58,6 +58,7 @@ PARITY = f"{TRAIN}::test_resume_parity_exact"
 NAIVE = "tests/test_model.py::test_logits_match_a_naive_reference"
 DROPOUT = "tests/test_model.py::test_fast_cpu_dropout_matches_dropouts_definition"
 SAMPLING = "tests/test_sampling.py"
+MEMORY = "tests/test_memory.py"
 TOP_P = f"{SAMPLING}::test_top_p_keeps_the_smallest_set_reaching_p"
 FREQUENCIES = f"{SAMPLING}::test_sample_frequencies_follow_temperature_and_filters"
 VARIANTS = "tests/test_attention_variants.py"
@@ -301,15 +302,37 @@ MUTANTS = [
            "band = min(window or self.context, self.context) + 1",
            (VARIANTS,)),
     Mutant("banded-reference-crops-instead", "engine.py",
-           "    band = 0 if crop else window\n",
+           '    band = 0 if crop or model.config.attention == "linear" else window\n',
            "    band, crop = 0, True\n",
            (VARIANTS,)),
     Mutant("kv-share-groups-interleaved-in-the-cache", "model.py",
            'self.kv_slot = layer // config.kv_share',
            'self.kv_slot = layer % config.kv_share',
            (VARIANTS,)),
+    # memory beyond the window (tests/test_memory.py)
+    Mutant("sequential-rows-do-not-advance", "textdata.py",
+           "    k = step % windows\n", "    k = 0 if step < windows else step % windows\n",
+           (MEMORY,)),
+    Mutant("xl-memory-keeps-the-graph", "model.py",
+           "k[:, :, start:].detach(), v[:, :, start:].detach()",
+           "k[:, :, start:], v[:, :, start:]",
+           (MEMORY,)),
+    Mutant("xl-queries-turned-at-the-memory-positions", "model.py",
+           "cos[S - T:], sin[S - T:]", "cos[:T], sin[:T]",
+           (MEMORY,)),
+    Mutant("xl-memory-not-saved-for-resume", "train.py",
+           "'xl_memory': [memory.state_dict() for memory in xl_memories]", "'xl_memory': []",
+           (MEMORY,)),
+    Mutant("linear-attention-unnormalised", "linear_attention.py",
+           "    y = (num / (den.unsqueeze(-1) + EPS))", "    y = (num / (1 + EPS))",
+           (MEMORY,)),
+    Mutant("linear-decode-step-forgets-its-state", "linear_attention.py",
+           "    S += k.float().transpose(-1, -2) @ v.float()", "    S = S + k.float().transpose(-1, -2) @ v.float()",
+           (MEMORY,)),
+    Mutant("linear-state-takes-pad-keys", "engine.py",
+           "            k, v = k * real, v * real\n", "            k, v = k, v\n",
+           (MEMORY,)),
 ]
-
 
 # ----------------------------------------------------------------------------- the copy
 
