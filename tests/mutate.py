@@ -59,6 +59,12 @@ NAIVE = "tests/test_model.py::test_logits_match_a_naive_reference"
 DROPOUT = "tests/test_model.py::test_fast_cpu_dropout_matches_dropouts_definition"
 SAMPLING = "tests/test_sampling.py"
 MEMORY = "tests/test_memory.py"
+SEQUENTIAL = f"{MEMORY}::test_sequential_rows_continue_where_they_stopped_and_wrap"
+XL_RESUME = f"{MEMORY}::test_xl_training_resumes_exactly"
+XL_JOINT = f"{MEMORY}::test_xl_segment_equals_one_causal_forward_over_all_segments"
+LINEAR_FORMS = f"{MEMORY}::test_chunked_form_equals_the_definition_and_the_recurrent_steps"
+LINEAR_DECODE = f"{MEMORY}::test_linear_model_decoding_equals_the_full_forward"
+LINEAR_GENERATE = f"{MEMORY}::test_linear_generation_has_no_length_limit_and_constant_memory"
 TOP_P = f"{SAMPLING}::test_top_p_keeps_the_smallest_set_reaching_p"
 FREQUENCIES = f"{SAMPLING}::test_sample_frequencies_follow_temperature_and_filters"
 VARIANTS = "tests/test_attention_variants.py"
@@ -312,26 +318,26 @@ MUTANTS = [
     # memory beyond the window (tests/test_memory.py)
     Mutant("sequential-rows-do-not-advance", "textdata.py",
            "    k = step % windows\n", "    k = 0 if step < windows else step % windows\n",
-           (MEMORY,)),
+           (SEQUENTIAL,)),
     Mutant("xl-memory-keeps-the-graph", "model.py",
            "k[:, :, start:].detach(), v[:, :, start:].detach()",
            "k[:, :, start:], v[:, :, start:]",
-           (MEMORY,)),
+           (XL_JOINT,)),
     Mutant("xl-queries-turned-at-the-memory-positions", "model.py",
            "cos[S - T:], sin[S - T:]", "cos[:T], sin[:T]",
-           (MEMORY,)),
+           (XL_JOINT,)),
     Mutant("xl-memory-not-saved-for-resume", "train.py",
            "'xl_memory': [memory.state_dict() for memory in xl_memories]", "'xl_memory': []",
-           (MEMORY,)),
+           (XL_RESUME,)),
     Mutant("linear-attention-unnormalised", "linear_attention.py",
            "    y = (num / (den.unsqueeze(-1) + EPS))", "    y = (num / (1 + EPS))",
-           (MEMORY,)),
+           (LINEAR_FORMS,)),
     Mutant("linear-decode-step-forgets-its-state", "linear_attention.py",
            "    S += k.float().transpose(-1, -2) @ v.float()", "    S = S + k.float().transpose(-1, -2) @ v.float()",
-           (MEMORY,)),
+           (LINEAR_FORMS, LINEAR_DECODE)),
     Mutant("linear-state-takes-pad-keys", "engine.py",
            "            k, v = k * real, v * real\n", "            k, v = k, v\n",
-           (MEMORY,)),
+           (LINEAR_GENERATE,)),
 ]
 
 # ----------------------------------------------------------------------------- the copy
