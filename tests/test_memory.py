@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from conftest import error_lines, run_train  # noqa: E402
 import textdata  # noqa: E402
-from engine import LinearState  # noqa: E402
+from engine import LinearState, _left_pad  # noqa: E402
 from linear_attention import causal_linear_attention, feature_map, linear_attention_step  # noqa: E402
 from model import GPT, GPTConfig, XLMemory  # noqa: E402
 
@@ -222,7 +222,8 @@ def test_linear_model_decoding_equals_the_full_forward(pos_emb):
 
 def test_linear_generation_has_no_length_limit_and_constant_memory():
     """Generating 3 block_sizes past the prompt: the cached tokens equal the no-cache reference
-    (a full forward per token), ragged prompts included, and the state's bytes are those of
+    (a full forward per token), ragged prompts included (and a left-padded row's logits are its
+    own, alone, within 1e-5), and the state's bytes are those of
     n_layer x batch x n_head x (hd x hd + hd) fp32 numbers after every step."""
     model = tiny(attention="linear", pos_emb="none")
     prompts = [[1, 2, 3, 4, 5], [6, 7]]
@@ -230,6 +231,16 @@ def test_linear_generation_has_no_length_limit_and_constant_memory():
     cached = torch.stack(list(model.generate_stream(prompts, **kw)), dim=1)
     reference = torch.stack(list(model.generate_stream(prompts, use_cache=False, **kw)), dim=1)
     assert torch.equal(cached, reference)
+    # the ragged batch's logits themselves: pad slots must add nothing to a row's state
+    idx, pad = _left_pad(prompts, "cpu")
+    state = LinearState.for_model(model.config, 2)
+    state.reset(pad)
+    with torch.no_grad():
+        batched = [model(idx, cache=state)[0]] + [model(cached[:, [t]], cache=state)[0] for t in range(5)]
+        for b, row in enumerate(prompts):
+            alone = torch.tensor([row + cached[b, :5].tolist()])
+            expected = model(alone, all_logits=True)[0][0, len(row) - 1:]  # (6, V)
+            assert_close(torch.cat(batched, dim=1)[b], expected, atol=1e-5, rtol=1e-5)
     L, B, H, d = 3, 2, 2, 16
     state = LinearState.for_model(model.config, B)
     seq = torch.randint(V, (B, 1))
