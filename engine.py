@@ -7,6 +7,7 @@ What it holds:
 - KVCache: per set of keys/values (one per kv_share group of layers), a ring buffer of at most
   the tokens its layers may see, so a windowed layer's memory stays at its window however long
   the sequence grows.
+- LinearState: what a linear-attention model keeps instead (a fixed-size state per layer).
 - generate_stream: prefill the prompt, then one token per step. Learned positions crop the
   context to the last `context_window` tokens exactly like nanoGPT; rope/none models never
   re-read the context: every layer keeps attending to its last `context_window` (or window)

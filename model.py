@@ -5,8 +5,9 @@ What it is: learned token + position embeddings, a stack of pre-LayerNorm transf
 (causal self-attention, GELU MLP), a final LayerNorm and a language-model head tied to the token
 embedding. Parameter names are GPT-2's (`wte`, `wpe`, `c_attn`, `c_proj`, `ln_f`, `lm_head`), so
 Hugging Face weights load with a near one-to-one copy and nanoGPT checkpoints load unchanged.
-Attention variants (GPTConfig: pos_emb, n_kv_head, attn_window/window_pattern, kv_share) are
-fields whose defaults are exactly that GPT-2 attention.
+Attention variants (GPTConfig: pos_emb, n_kv_head, attn_window/window_pattern, kv_share,
+attention='linear') are fields whose defaults are exactly that GPT-2 attention. XLMemory carries
+keys and values from one forward to the next (TransformerXL, train.py's xl_memory).
 
 What it is not: a tokenizer, a training loop or a sampler UI (see train.py and sample.py).
 
