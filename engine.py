@@ -10,6 +10,7 @@ What it holds:
 - Int8Store, Fp8Store, Int4Store: compressed storage for those buffers (kv_cache_dtype), read
   back as floats; EvictingKVCache: a cache that keeps chosen tokens instead of the newest ones
   (kv_budget: heavy hitters plus a recent window; kv_sink: the first tokens stay).
+- LinearState: what a linear-attention model keeps instead (a fixed-size state per layer).
 - generate_stream: prefill the prompt, then one token per step. Learned positions crop the
   context to the last `context_window` tokens exactly like nanoGPT; rope/none models never
   re-read the context: every layer keeps attending to its last `context_window` (or window)
@@ -441,6 +442,56 @@ class EvictingKVCache(KVCache):
         self.count[slot] = S
 
 
+class LinearState:
+    """
+    What a linear-attention model (GPTConfig.attention='linear') keeps instead of a KV cache:
+    per layer the running sum S = sum phi(k) v^T (B, n_head, hd, hd) and the normaliser
+    z = sum phi(k) (B, n_head, hd) of linear_attention.py. Its size never changes, so memory and
+    time per token stay constant and there is no length limit (with pos_emb='none'). Left-padded
+    rows: the keys and values of pad slots are zeroed, so they add nothing to the state.
+    Same interface as KVCache where GPT.forward uses it (length, pad, positions, advance).
+    """
+
+    def __init__(self, n_layer, batch_size, n_head, head_dim):
+        self.shape = (n_layer, batch_size, n_head, head_dim)
+        self.reset()
+
+    @classmethod
+    def for_model(cls, config, batch_size):
+        return cls(config.n_layer, batch_size, config.n_head, config.n_embd // config.n_head)
+
+    def reset(self, pad=None):
+        L, B, H, d = self.shape
+        self.S, self.z = [None] * L, [None] * L  # allocated on the first attend of each layer
+        self.length = 0
+        self.pad = pad if pad is not None and bool(pad.any()) else None
+
+    def nbytes(self):
+        """Bytes of the state: fixed by the model and the batch, not by the sequence length."""
+        L, B, H, d = self.shape
+        return L * B * H * (d * d + d) * 4  # fp32, allocated or not yet
+
+    positions = KVCache.positions  # the same length and pad, the same position ids
+
+    def attend(self, layer, q, k, v):
+        """q, k (B, H, T, hd) through the feature map, v (B, H, T, hd) of the next T tokens ->
+        their outputs (B, H, T, hd), the layer's state moved past them."""
+        from linear_attention import causal_linear_attention, linear_attention_step
+        T = q.size(2)
+        if self.pad is not None and self.length < int(self.pad.max()):  # pad slots: no keys
+            slot = torch.arange(self.length, self.length + T, device=k.device)
+            real = (slot[None, :] >= self.pad[:, None])[:, None, :, None]  # (B, 1, T, 1)
+            k, v = k * real, v * real
+        if T == 1 and self.S[layer] is not None:  # a decode step: the recurrent form
+            return linear_attention_step(q, k, v, self.S[layer], self.z[layer])
+        state = None if self.S[layer] is None else (self.S[layer], self.z[layer])
+        y, (self.S[layer], self.z[layer]) = causal_linear_attention(q, k, v, state=state)
+        return y
+
+    def advance(self, T):
+        self.length += T
+
+
 @torch.inference_mode()  # cheaper than no_grad: no version counters on decode tensors
 def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                     generator=None, use_cache=True, context_window=None, window_chunk=1,
@@ -505,6 +556,11 @@ def _setup(model, batch_size, use_cache, context_window, window_chunk, kv_cache_
                          f"and kv_budget ({kv_budget or 'off'})")
     if not use_cache:
         return window, None
+    if cfg.attention == 'linear':  # a fixed-size state, no window: every token sees all before
+        if kv_cache_dtype != 'auto' or kv_budget or kv_sink:
+            raise ValueError("kv_cache_dtype, kv_budget and kv_sink shape a KV cache; a model with "
+                             "attention='linear' keeps a fixed-size state instead: leave them unset")
+        return window, LinearState.for_model(cfg, batch_size)
     return window, KVCache.for_model(cfg, batch_size, window, kv_cache_dtype, kv_budget, kv_sink)
 
 
@@ -536,7 +592,7 @@ def _reference_logits(model, seqs, window, crop):
     the last `window` tokens. rope/none: a forward over the whole sequence where every layer
     sees at most `window` tokens back, which is what the cache computes one token at a time."""
     device = model.lm_head.weight.device
-    band = 0 if crop else window
+    band = 0 if crop or model.config.attention == "linear" else window
 
     def run(rows):
         idx = torch.tensor([s[-window:] if crop else s for s in rows], dtype=torch.long,

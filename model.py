@@ -5,8 +5,9 @@ What it is: learned token + position embeddings, a stack of pre-LayerNorm transf
 (causal self-attention, GELU MLP), a final LayerNorm and a language-model head tied to the token
 embedding. Parameter names are GPT-2's (`wte`, `wpe`, `c_attn`, `c_proj`, `ln_f`, `lm_head`), so
 Hugging Face weights load with a near one-to-one copy and nanoGPT checkpoints load unchanged.
-Attention variants (GPTConfig: pos_emb, n_kv_head, attn_window/window_pattern, kv_share) are
-fields whose defaults are exactly that GPT-2 attention.
+Attention variants (GPTConfig: pos_emb, n_kv_head, attn_window/window_pattern, kv_share,
+attention='linear') are fields whose defaults are exactly that GPT-2 attention. XLMemory carries
+keys and values from one forward to the next (TransformerXL, train.py's xl_memory).
 
 What it is not: a tokenizer, a training loop or a sampler UI (see train.py and sample.py).
 
@@ -25,6 +26,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import engine
+from linear_attention import causal_linear_attention, feature_map
 
 # nanoGPT's checkpoints store exactly these model_args; keep them so either repo reads the other's.
 NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
@@ -47,6 +49,7 @@ class GPTConfig:
     attn_window: int = 0     # tokens a windowed layer sees, itself included (0 = full causal)
     window_pattern: str = "" # 'S' windowed / 'L' full per layer, repeated ('' = all windowed)
     kv_share: int = 1        # this many neighbouring layers share one set of keys/values
+    attention: str = "softmax"  # 'softmax', or 'linear' (elu+1 kernel, linear_attention.py)
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -70,6 +73,16 @@ class GPTConfig:
                              f"and L (full), with attn_window > 0 (now {self.attn_window})")
         if not 1 <= self.kv_share <= self.n_layer:
             raise ValueError(f"kv_share must be in [1, n_layer={self.n_layer}], got {self.kv_share}")
+        if self.attention not in ("softmax", "linear"):
+            raise ValueError(f"attention must be 'softmax' or 'linear', got {self.attention!r}")
+        if self.attention == "linear" and self.pos_emb == "rope":
+            # turning q and k after elu+1 lets scores go negative (the normaliser can reach 0);
+            # turning them before, the scores no longer depend on relative position alone
+            raise ValueError("attention='linear' takes pos_emb='learned' or 'none', not 'rope': "
+                             "the rotation and the positive feature map don't combine")
+        if self.attention == "linear" and (self.attn_window or self.kv_share > 1):
+            raise ValueError(f"attention='linear' keeps one running state per layer: use "
+                             f"attn_window=0 and kv_share=1 (got {self.attn_window}, {self.kv_share})")
 
     @property
     def kv_heads(self):
@@ -157,11 +170,12 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = config.n_embd // config.n_head
         self.dropout = config.dropout
         self.window = config.layer_window(layer)
+        self.linear = config.attention == "linear"
         self.owns_kv = layer % config.kv_share == 0
         self.kv_slot = layer // config.kv_share  # which K/V set (of a KVCache too) this layer uses
         # GPT-2's layout, for which the fast batched-matmul path below is written
         self.gpt2_layout = (self.n_kv_head == self.n_head and config.pos_emb != "rope"
-                            and self.window == 0 and config.kv_share == 1)
+                            and self.window == 0 and config.kv_share == 1 and not self.linear)
         if self.owns_kv:  # q, k, v at once: n_embd + 2 * n_kv_head * head_dim outputs
             kv_dim = self.n_kv_head * self.head_dim
             self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
@@ -173,15 +187,20 @@ class CausalSelfAttention(nn.Module):
         # fused kernel (flash / memory-efficient) when torch has it; tests flip this to compare
         self.flash = hasattr(F, "scaled_dot_product_attention")
 
-    def forward(self, x, cache=None, rope=None, shared_kv=None, band=0):
+    def forward(self, x, cache=None, rope=None, shared_kv=None, band=0, memory=None):
         """x (B, T, C) -> (y (B, T, C), (k, v)): the keys and values this layer attended to,
         (B, n_kv_head, S, hd), for the next layers of its kv_share group. `rope` is
         (cos, sin) from rope_angles; `shared_kv` the group's (k, v) when this layer has no c_attn;
-        band > 0 narrows what a query sees to its last `band` tokens (engine.py's reference)."""
+        band > 0 narrows what a query sees to its last `band` tokens (engine.py's reference);
+        `memory` an XLMemory whose keys and values come before x's."""
         B, T, C = x.size()
         nh, hd = self.n_head, self.head_dim
         qkv = self.c_attn(x) if self.owns_kv else self.c_q(x)  # (B, T, C + 2 * n_kv_head * hd)
         dropout_p = self.dropout if self.training else 0.0
+        if self.linear:
+            return self._attend_linear(qkv, cache, band), None
+        if memory is not None:
+            return self._attend_with_memory(qkv, memory, rope, shared_kv, dropout_p)
         # On a CPU, torch's fused kernel has no dropout (it falls back to an fp32 math path) and
         # its bf16 backward is slow (4.5x its fp32 one at the seeds' CPU shape, torch 2.13), so
         # those cases take the batched-matmul path below, which measured faster in both.
@@ -229,6 +248,47 @@ class CausalSelfAttention(nn.Module):
             y = self._attend_unfused(q.reshape(B * nh, T, hd), k.reshape(B * nh, S, hd),
                                      v.reshape(B * nh, S, hd), bias)
         y = y.view(B, nh, T, hd).transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y)), kv
+
+    def _attend_linear(self, qkv, cache, band):
+        """Linear attention (linear_attention.py) of the whole input, or continuing the state a
+        LinearState (engine.py) holds; it has no band: every token sees all before it."""
+        assert band == 0, f"linear attention sees every earlier token, got band={band}"
+        B, T, C = qkv.size(0), qkv.size(1), self.n_embd
+        q, k, v = self._split_heads(qkv, None)
+        k, v = repeat_kv(k, self.n_head), repeat_kv(v, self.n_head)  # (B, nh, T, hd)
+        q, k = feature_map(q), feature_map(k)
+        if cache is None:
+            y = causal_linear_attention(q, k, v)[0]
+        else:
+            y = cache.attend(self.kv_slot, q, k, v)
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+    def _attend_with_memory(self, qkv, memory, rope, shared_kv, dropout_p):
+        """Attention over the memory's M keys and the T new ones (TransformerXL). Keys are kept
+        before the rotary turn and turned here at 0..M+T-1, the queries at M..M+T-1: rotary
+        scores depend only on the distance, so where the frame starts does not matter. `rope`
+        covers those M+T positions. Returns the un-turned (k, v) for a kv_share group."""
+        B, T, C = qkv.size(0), qkv.size(1), self.n_embd
+        q, k, v = self._split_heads(qkv, None)  # q (B, nh, T, hd); k, v un-turned
+        if self.owns_kv:
+            old_k, old_v = memory.read(self.kv_slot)
+            if old_k is not None:
+                k, v = torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)  # (B, nkv, M+T, hd)
+            memory.write(self.kv_slot, k, v)
+        else:
+            k, v = shared_kv
+        kv = (k, v)
+        S = k.size(2)
+        if rope is not None:
+            cos, sin = rope  # (S, 1, hd)
+            q = apply_rope(q.transpose(1, 2), cos[S - T:], sin[S - T:]).transpose(1, 2)
+            k = apply_rope(k.transpose(1, 2), cos, sin).transpose(1, 2)
+        mask = causal_mask(S - T, S, self.window, q.device)  # (T, S): memory, then causal
+        k, v = repeat_kv(k, self.n_head), repeat_kv(v, self.n_head)  # (B, nh, S, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y)), kv
 
     def _split_heads(self, qkv, rope):
@@ -345,9 +405,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, rope=None, shared_kv=None, band=0):
+    def forward(self, x, cache=None, rope=None, shared_kv=None, band=0, memory=None):
         """x (B, T, C) -> (x, kv): kv is what the attention attended to (see its forward)."""
-        a, kv = self.attn(self.ln_1(x), cache, rope, shared_kv, band)
+        a, kv = self.attn(self.ln_1(x), cache, rope, shared_kv, band, memory)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, kv
@@ -393,18 +453,25 @@ class GPT(nn.Module):
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
-    def forward(self, idx, targets=None, cache=None, all_logits=False, band=0):
+    def forward(self, idx, targets=None, cache=None, all_logits=False, band=0, memory=None):
         """
         idx (B, T) token ids. With targets (B, T): logits for every position and the mean
         cross-entropy (targets == -1 are ignored). Without: logits of the last position only,
         (B, 1, V), unless all_logits. With a KVCache (engine.py) the tokens continue what it
         holds. band > 0: every layer sees at most the last `band` tokens (and its own window);
-        with rope/none positions such a forward may be longer than block_size.
+        with rope/none positions such a forward may be longer than block_size. With an
+        XLMemory (TransformerXL, rope/none only) every layer also attends to the keys and values
+        it holds, which come right before idx, and the memory then moves on to include idx.
         """
         B, T = idx.size()
         cfg = self.config
+        if memory is not None and (cfg.pos_emb == "learned" or cfg.attention == "linear"
+                                   or cache is not None):
+            raise ValueError("an XL memory needs pos_emb='rope' or 'none' (positions relative to "
+                             "the segment) and softmax attention, and no KV cache")
         top = (cache.length if cache is not None else 0) + T
-        bounded = cfg.pos_emb != "learned" and (cache is not None or 0 < band <= cfg.block_size)
+        bounded = cfg.pos_emb != "learned" and (cache is not None or 0 < band <= cfg.block_size
+                                                or cfg.attention == "linear")
         if not bounded and (cache is None or cache.pad is None):  # a pad slot has no position
             assert top <= cfg.block_size, \
                 f"sequence of {top} tokens is longer than block_size {cfg.block_size}"
@@ -414,14 +481,17 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)  # (T, C) or (B, T, C) added
         rope = None
         if cfg.pos_emb == "rope":
-            rope = (rope_angles(torch.arange(T, device=idx.device), cfg.n_embd // cfg.n_head,
+            n_pos = T + (memory.length if memory is not None else 0)  # memory keys come first
+            rope = (rope_angles(torch.arange(n_pos, device=idx.device), cfg.n_embd // cfg.n_head,
                                 cfg.rope_theta) if cache is None else self._cached_rope(cache, T))
         x = self.transformer.drop(x)
         kv = None  # the current kv_share group's keys and values, handed from layer to layer
         for block in self.transformer.h:
-            x, kv = block(x, cache, rope, kv, band)
+            x, kv = block(x, cache, rope, kv, band, memory)
         if cache is not None:
             cache.advance(T)
+        if memory is not None:
+            memory.advance(T)
         x = self.transformer.ln_f(x)
 
         if targets is not None:
@@ -562,6 +632,45 @@ class GPT(nn.Module):
                                       context_window=context_window, window_chunk=window_chunk,
                                       kv_cache_dtype=kv_cache_dtype, kv_budget=kv_budget,
                                       kv_sink=kv_sink)
+
+
+class XLMemory:
+    """TransformerXL's memory for one batch of rows: per K/V set, the keys (before the rotary
+    turn) and values of the last `size` tokens these rows went through, detached, so gradients
+    stop at the segment boundary. GPT.forward(idx, memory=m) reads it and moves it on; reset()
+    when the rows' text starts over (what is held no longer comes before the next segment).
+    size 0 holds nothing, and a forward with it is the plain forward."""
+
+    def __init__(self, size):
+        assert size >= 0, f"memory size {size} must be >= 0"
+        self.size = size
+        self.reset()
+
+    def reset(self):
+        self.k, self.v = {}, {}  # K/V set -> (B, n_kv_head, length, hd)
+        self.length = 0
+
+    def read(self, slot):
+        return self.k.get(slot), self.v.get(slot)
+
+    def write(self, slot, k, v):
+        """Keep the last `size` of k, v (B, n_kv_head, S, hd): the memory and the new segment."""
+        start = k.size(2) - min(self.size, k.size(2))  # not [-size:]: size 0 must keep nothing
+        self.k[slot], self.v[slot] = k[:, :, start:].detach(), v[:, :, start:].detach()
+
+    def advance(self, T):
+        self.length = min(self.size, self.length + T)
+
+    def state_dict(self):
+        """The memory on the CPU, for a checkpoint (exact resume)."""
+        return {'size': self.size, 'length': self.length,
+                'k': {s: t.cpu() for s, t in self.k.items()}, 'v': {s: t.cpu() for s, t in self.v.items()}}
+
+    def load_state_dict(self, state, device):
+        assert state['size'] == self.size, f"memory of {state['size']} tokens, expected {self.size}"
+        self.length = state['length']
+        self.k = {s: t.to(device) for s, t in state['k'].items()}
+        self.v = {s: t.to(device) for s, t in state['v'].items()}
 
 
 def set_fast_cpu(model, enabled):

@@ -285,6 +285,23 @@ def eval_offsets(bin_path, dtype, n_windows, block_size):
     return np.linspace(0, n_tokens - block_size - 1, n_windows).astype(np.int64).tolist()
 
 
+def sequential_starts(n_tokens, n_rows, block_size, step):
+    """Window starts of `n_rows` rows at training step `step` for data_order='sequential', and
+    whether this step starts the rows over. The split is cut into n_rows equal stretches; row g
+    reads its stretch block_size tokens at a time, so row g of step t+1 starts where row g of
+    step t ended, and after the last whole window of its stretch it wraps to the stretch's start.
+    A function of the step alone (no state): exact resume and any DDP world size come free.
+    All stretches hold as many windows, so every row wraps at the same step."""
+    stretch = n_tokens // n_rows
+    windows = (stretch - 1) // block_size  # whole windows of block_size + 1 tokens per stretch
+    if windows < 1:
+        raise ValueError(f"data_order='sequential' cuts {n_tokens:,} tokens into {n_rows} rows of "
+                         f"{stretch:,}, shorter than block_size + 1 = {block_size + 1}; use a "
+                         f"smaller batch_size, gradient_accumulation_steps or block_size")
+    k = step % windows
+    return [g * stretch + k * block_size for g in range(n_rows)], k == 0
+
+
 def sample_batch(bin_path, dtype, batch_size, block_size, generator=None, offsets=None):
     """batch_size random windows of a .bin file (or the windows starting at `offsets`):
     inputs x and next-token targets y, (B, T) int64.

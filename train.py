@@ -47,6 +47,8 @@ dataset = 'openwebtext'  # folder under data/ holding train.bin, val.bin (and me
 gradient_accumulation_steps = 5 * 8  # micro-batches per optimizer step (summed over all ranks)
 batch_size = 12  # sequences per micro-batch
 block_size = 1024  # context length in tokens
+data_order = 'random'  # 'random' windows, or 'sequential': each batch row continues its own stretch of text
+xl_memory = 0  # tokens of the previous steps' keys/values each layer also sees (TransformerXL; needs 'sequential')
 # line datasets (README: Line datasets): one line per window, padded; a plain text dataset has none
 answer_separator = ''  # what ends a line's question, e.g. '=' ('' = the dataset's own, in meta.json)
 loss_on = 'all'  # 'all': every token of a line but its first; 'answer': only what follows the separator
@@ -65,6 +67,7 @@ n_kv_head = 0  # key/value heads: 0 = n_head, 1 = multi-query; must divide n_hea
 attn_window = 0  # tokens a windowed layer sees (0 = full causal attention)
 window_pattern = ''  # per layer, repeated: S = windowed, L = full, e.g. 'SSSL' ('' = all S)
 kv_share = 1  # neighbouring layers that share one set of keys/values (1 = none)
+attention = 'softmax'  # 'softmax', or 'linear' (elu+1 kernel, a fixed-size state when generating)
 # AdamW optimizer
 learning_rate = 6e-4  # peak learning rate
 max_iters = 600000  # total optimizer steps
@@ -89,7 +92,8 @@ peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul 
 # -----------------------------------------------------------------------------
 from configurator import configure, is_main_process, make_folder  # noqa: E402  (after the defaults)
 
-VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share')
+VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share',
+                'attention')
 VARIANT_DEFAULTS = {key: globals()[key] for key in VARIANT_KEYS}  # before any override
 config = configure(globals())
 # a block_size set by the user (not the default 1024 above) that is longer than a resumed or
@@ -98,11 +102,11 @@ block_size_given = block_size != 1024 or any(a.startswith('--block_size=') for a
 
 from checkpoint import CheckpointError, fit_optimizer_state, load_checkpoint, model_from_checkpoint, \
     peek_checkpoint, remove_stale_temp_files, resolve_name, save_checkpoint  # noqa: E402
-from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
+from model import GPT, GPTConfig, XLMemory, set_fast_cpu  # noqa: E402
 from runtime import autocast_context, measure_peak_flops, note, pick_device, pick_dtype, \
     reuse_freed_memory  # noqa: E402
 from linedata import LineDataset, is_line_dataset  # noqa: E402
-from textdata import count_tokens, eval_offsets, load_meta, sample_batch  # noqa: E402
+from textdata import count_tokens, eval_offsets, load_meta, sample_batch, sequential_starts  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -122,6 +126,11 @@ for name in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulati
         fail(f"{name}={globals()[name]} must be at least 1")
 if eval_accuracy < 0:
     fail(f"eval_accuracy={eval_accuracy} can't be negative (0 = off)")
+if data_order not in ('random', 'sequential'):
+    fail(f"data_order={data_order!r}: use 'random' or 'sequential'")
+if xl_memory < 0 or (xl_memory and data_order != 'sequential'):
+    fail(f"xl_memory={xl_memory} carries keys/values from one step to the next, so it needs "
+         f"--data_order=sequential (and xl_memory >= 0)")
 if checkpoint_interval < 0 or max_iters < 0:
     fail(f"checkpoint_interval={checkpoint_interval} and max_iters={max_iters} can't be negative")
 if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -164,6 +173,9 @@ if is_line_dataset(meta):
     if eval_accuracy and not line_data.separator:
         fail(f"eval_accuracy needs an answer separator and {dataset!r} has none: pass "
              f"--answer_separator (e.g. '=')")
+    if data_order == 'sequential':
+        fail(f"data_order='sequential' reads running text, and {dataset!r} is a line dataset "
+             f"(one sample per line, no text runs on); use data_order='random'")
 elif loss_on != 'all' or answer_separator or eval_accuracy:
     fail(f"loss_on, answer_separator and eval_accuracy work on line datasets, and {dataset!r} is "
          f"plain text; make one with: python data/charline/prepare.py --input=lines.txt")
@@ -236,16 +248,30 @@ def get_batch(split, offsets):
 # global batch and each rank keeps its share, so 1 process x 4 micro-batches, 2 x 2 and 4 x 1
 # train on the same windows (README: Distributed training).
 train_generator = torch.Generator().manual_seed(seed)
+# TransformerXL (xl_memory > 0): one memory per micro-batch of this rank, since with sequential
+# batches micro-batch m holds the same rows at every step
+xl_memories = [XLMemory(xl_memory) for _ in range(gradient_accumulation_steps)] if xl_memory else []
 
 
 def next_micro_batches():
     """Where this rank's micro-batches of the next optimizer step start: every rank draws all
     gradient_accumulation_steps x world size micro-batches of the step (batch_size window
-    starts each; line numbers for a line dataset) and keeps every world-size-th, from its rank."""
+    starts each; line numbers for a line dataset) and keeps every world-size-th, from its rank.
+    data_order='sequential': the global batch's rows are sequential_starts' rows for this step,
+    in order, cut into micro-batches the same way; at the wrap the XL memories are emptied."""
+    n_micro = gradient_accumulation_steps * ddp_world_size
+    if data_order == 'sequential':  # row g of the global batch continues its own stretch
+        starts, wrapped = sequential_starts(split_tokens['train'], n_micro * batch_size,
+                                            block_size, iter_num)
+        if wrapped:  # every row starts its stretch over: what XL remembers no longer precedes it
+            for memory in xl_memories:
+                memory.reset()
+        draws = [starts[m * batch_size:(m + 1) * batch_size] for m in range(n_micro)]
+        return draws[ddp_rank::ddp_world_size]
     n = len(line_data.splits['train']) if line_data is not None else \
         split_tokens['train'] - block_size  # the last start that leaves a whole window
     draws = [torch.randint(n, (batch_size,), generator=train_generator).tolist()
-             for _ in range(gradient_accumulation_steps * ddp_world_size)]
+             for _ in range(n_micro)]
     return draws[ddp_rank::ddp_world_size]
 
 # ----------------------------------------------------------------------------- model
@@ -269,7 +295,7 @@ if init_from == 'scratch':
     model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                       bias=bias, vocab_size=vocab_size or 50304, dropout=dropout, pos_emb=pos_emb,
                       rope_theta=rope_theta, n_kv_head=n_kv_head, attn_window=attn_window,
-                      window_pattern=window_pattern, kv_share=kv_share)
+                      window_pattern=window_pattern, kv_share=kv_share, attention=attention)
     try:
         model = GPT(GPTConfig(**model_args))
     except ValueError as e:
@@ -341,6 +367,16 @@ for split, n_tokens in split_tokens.items():
     if n_tokens <= block_size and line_data is None:  # a window of a line dataset is one line
         fail(f"{split}.bin of {dataset!r} has {n_tokens} tokens, not more than block_size="
              f"{block_size}; use a smaller --block_size or more text")
+    if data_order == 'sequential':
+        rows = batch_size * (gradient_accumulation_steps * ddp_world_size if split == 'train' else 1)
+        try:
+            sequential_starts(n_tokens, rows, block_size, 0)
+        except ValueError as e:
+            fail(f"{split}.bin: {e}")
+if xl_memory and (model.config.pos_emb == 'learned' or model.config.attention == 'linear'):
+    fail(f"xl_memory needs relative positions and softmax attention, and this model has "
+         f"pos_emb={model.config.pos_emb!r}, attention={model.config.attention!r}; train with "
+         f"--pos_emb=rope (or none) and --attention=softmax")
 model_args = model.config.to_model_args()
 if master_process and init_from != 'resume':
     # nanoGPT overwrites an out_dir's checkpoints without a word; keep the overwrite, say it first
@@ -409,6 +445,9 @@ def estimate_loss():
     model.eval()
     sums = torch.zeros(4, device=device)  # train loss sum, train batches, val loss sum, val batches
     for s, split in enumerate(('train', 'val')):
+        if data_order == 'sequential':
+            sums[2 * s:2 * s + 2] += sequential_loss(split)
+            continue
         path = os.path.join(data_dir, f'{split}.bin')
         n_windows = eval_iters * batch_size
         offsets = line_data.eval_lines(split, n_windows) if line_data is not None else \
@@ -430,6 +469,24 @@ def estimate_loss():
     return out
 
 
+def sequential_loss(split):
+    """data_order='sequential': (loss sum, batches) over eval_iters batches read in order, each of
+    batch_size rows continuing its own stretch of the split, the XL memory (if any) carried from
+    one batch to the next as in training, from empty. Every rank computes all of it (the memory
+    needs the batches in order); the all_reduce then scales both sums alike."""
+    memory = XLMemory(xl_memory) if xl_memory else None
+    total = torch.zeros(2, device=device)
+    for i in range(eval_iters):
+        starts, wrapped = sequential_starts(split_tokens[split], batch_size, block_size, i)
+        if wrapped and memory is not None:
+            memory.reset()
+        X, Y = get_batch(split, offsets=starts)
+        with ctx:
+            _, loss = model(X, Y, memory=memory) if memory is not None else model(X, Y)
+        total += torch.stack([loss.float(), torch.ones((), device=device)])
+    return total
+
+
 accuracy_lines = line_data.lines('val', eval_accuracy) if eval_accuracy else []
 
 
@@ -449,6 +506,7 @@ def rng_state():
         'torch': torch.get_rng_state(),
         'cuda': torch.cuda.get_rng_state_all() if device_type == 'cuda' else [],
         'sampler': train_generator.get_state(),
+        'xl_memory': [memory.state_dict() for memory in xl_memories],  # this rank's, for exact resume
     }
 
 
@@ -460,6 +518,14 @@ def set_rng_state(state):
     if device_type == 'cuda' and state['cuda']:
         torch.cuda.set_rng_state_all(state['cuda'])
     train_generator.set_state(state['sampler'])
+    saved_memory = state.get('xl_memory') or []
+    if xl_memories and len(saved_memory) == len(xl_memories) \
+            and all(m['size'] == xl_memory for m in saved_memory):
+        for memory, saved in zip(xl_memories, saved_memory):
+            memory.load_state_dict(saved, device)
+    elif xl_memories and master_process:
+        note(f"the checkpoint holds no XL memory of {xl_memory} tokens for these micro-batches: "
+             f"training continues from an empty memory")
 
 
 def save(name, rng_states):
@@ -551,7 +617,8 @@ if checkpoint is not None:
         torch.manual_seed(seed + seed_offset + iter_num)
         if master_process:
             note(f"the checkpoint was saved by {len(saved)} process(es), this run has "
-                 f"{ddp_world_size}: batches continue exactly, dropout masks from a new seed")
+                 f"{ddp_world_size}: batches continue exactly, dropout masks from a new seed" +
+                 (", the XL memory from empty (each rank now holds other rows)" if xl_memory else ""))
     elif master_process:
         note("the checkpoint has no random state (a nanoGPT checkpoint): batches and dropout "
              "continue from a fresh seed")
@@ -625,7 +692,10 @@ while True:
         if ddp:  # sync gradients only on the last micro-step; the others just accumulate
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
         with ctx:
-            logits, loss = model(X, Y)
+            if xl_memories:  # this micro-batch's rows continue where they stopped last step
+                logits, loss = model(X, Y, memory=xl_memories[micro_step])
+            else:
+                logits, loss = model(X, Y)
             loss = loss / gradient_accumulation_steps  # the sum over micro-steps is the mean
         if micro_step < gradient_accumulation_steps - 1:
             X, Y = get_batch('train', offsets=micro_batches[micro_step + 1])  # during backward

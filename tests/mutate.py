@@ -58,6 +58,13 @@ PARITY = f"{TRAIN}::test_resume_parity_exact"
 NAIVE = "tests/test_model.py::test_logits_match_a_naive_reference"
 DROPOUT = "tests/test_model.py::test_fast_cpu_dropout_matches_dropouts_definition"
 SAMPLING = "tests/test_sampling.py"
+MEMORY = "tests/test_memory.py"
+SEQUENTIAL = f"{MEMORY}::test_sequential_rows_continue_where_they_stopped_and_wrap"
+XL_RESUME = f"{MEMORY}::test_xl_training_resumes_exactly"
+XL_JOINT = f"{MEMORY}::test_xl_segment_equals_one_causal_forward_over_all_segments"
+LINEAR_FORMS = f"{MEMORY}::test_chunked_form_equals_the_definition_and_the_recurrent_steps"
+LINEAR_DECODE = f"{MEMORY}::test_linear_model_decoding_equals_the_full_forward"
+LINEAR_GENERATE = f"{MEMORY}::test_linear_generation_has_no_length_limit_and_constant_memory"
 TOP_P = f"{SAMPLING}::test_top_p_keeps_the_smallest_set_reaching_p"
 FREQUENCIES = f"{SAMPLING}::test_sample_frequencies_follow_temperature_and_filters"
 VARIANTS = "tests/test_attention_variants.py"
@@ -322,15 +329,37 @@ MUTANTS = [
            "band = min(window or self.context, self.context) + 1",
            (VARIANTS,)),
     Mutant("banded-reference-crops-instead", "engine.py",
-           "    band = 0 if crop else window\n",
+           '    band = 0 if crop or model.config.attention == "linear" else window\n',
            "    band, crop = 0, True\n",
            (VARIANTS,)),
     Mutant("kv-share-groups-interleaved-in-the-cache", "model.py",
            'self.kv_slot = layer // config.kv_share',
            'self.kv_slot = layer % config.kv_share',
            (VARIANTS,)),
+    # memory beyond the window (tests/test_memory.py)
+    Mutant("sequential-rows-do-not-advance", "textdata.py",
+           "    k = step % windows\n", "    k = 0 if step < windows else step % windows\n",
+           (SEQUENTIAL,)),
+    Mutant("xl-memory-keeps-the-graph", "model.py",
+           "k[:, :, start:].detach(), v[:, :, start:].detach()",
+           "k[:, :, start:], v[:, :, start:]",
+           (XL_JOINT,)),
+    Mutant("xl-queries-turned-at-the-memory-positions", "model.py",
+           "cos[S - T:], sin[S - T:]", "cos[:T], sin[:T]",
+           (XL_JOINT,)),
+    Mutant("xl-memory-not-saved-for-resume", "train.py",
+           "'xl_memory': [memory.state_dict() for memory in xl_memories]", "'xl_memory': []",
+           (XL_RESUME,)),
+    Mutant("linear-attention-unnormalised", "linear_attention.py",
+           "    y = (num / (den.unsqueeze(-1) + EPS))", "    y = (num / (1 + EPS))",
+           (LINEAR_FORMS,)),
+    Mutant("linear-decode-step-forgets-its-state", "linear_attention.py",
+           "    S += k.float().transpose(-1, -2) @ v.float()", "    S = S + k.float().transpose(-1, -2) @ v.float()",
+           (LINEAR_FORMS, LINEAR_DECODE)),
+    Mutant("linear-state-takes-pad-keys", "engine.py",
+           "            k, v = k * real, v * real\n", "            k, v = k, v\n",
+           (LINEAR_GENERATE,)),
 ]
-
 
 # ----------------------------------------------------------------------------- the copy
 

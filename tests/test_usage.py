@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO
 
-CONFIGURED = {"train.py", "sample.py", "bench.py", "export.py", "eval.py"}  # scripts that use configurator.py
+CONFIGURED = {"train.py", "sample.py", "bench.py", "export.py", "eval.py", "show_batches.py"}  # scripts that use configurator.py
 ARGPARSE = {"plot.py"}  # and data/*/prepare.py
 
 
