@@ -77,8 +77,9 @@ decay_lr = True  # False = constant learning_rate
 warmup_iters = 2000
 lr_decay_iters = 600000  # ~= max_iters per Chinchilla
 min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
-# DDP
+# distributed (torchrun; README: Distributed training)
 backend = 'nccl'  # for CUDA; CPU runs always use gloo
+parallel = 'ddp'  # 'ddp': a full copy per process; 'fsdp': parameters, gradients, AdamW state sharded
 # system
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
 dtype = 'auto'  # auto, float32, bfloat16, float16 (float16 adds a GradScaler)
@@ -124,6 +125,8 @@ if eval_accuracy < 0:
     fail(f"eval_accuracy={eval_accuracy} can't be negative (0 = off)")
 if checkpoint_interval < 0 or max_iters < 0:
     fail(f"checkpoint_interval={checkpoint_interval} and max_iters={max_iters} can't be negative")
+if parallel not in ('ddp', 'fsdp'):
+    fail(f"parallel={parallel!r}: use 'ddp' or 'fsdp'")
 if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     fail(f"--out_dir={out_dir} is a file, not a folder; pass another --out_dir")
 
@@ -169,7 +172,15 @@ elif loss_on != 'all' or answer_separator or eval_accuracy:
          f"plain text; make one with: python data/charline/prepare.py --input=lines.txt")
 
 # ----------------------------------------------------------------------------- processes, device, dtype
-ddp = int(os.environ.get('RANK', -1)) != -1
+ddp = int(os.environ.get('RANK', -1)) != -1  # started by torchrun (whichever `parallel`)
+fsdp = ddp and parallel == 'fsdp'
+if parallel == 'fsdp' and not ddp:
+    note("parallel='fsdp' without torchrun: one process holds everything, trained as usual")
+if fsdp and compile:
+    fail("parallel='fsdp' with compile=True is not supported here yet; pass --compile=False")
+if fsdp and dtype == 'float16':
+    fail("parallel='fsdp' with dtype='float16' (a GradScaler) is not supported; pass "
+         "--dtype=bfloat16 or --dtype=float32")
 try:
     device = pick_device(device)
 except ValueError as e:
@@ -361,6 +372,9 @@ if master_process and init_from != 'resume':
               f"--init_from=resume to continue that run", file=sys.stderr)
 model.to(device)
 set_fast_cpu(model, fast_cpu)
+if fsdp:  # before the optimizer: sharding turns the parameters into DTensors
+    from distributed import full_state, load_optimizer_state, shard_model
+    shard_model(model)
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
@@ -368,7 +382,10 @@ optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta
 if checkpoint is not None:
     implementation = [{k: g.get(k) for k in ('fused', 'foreach')} for g in optimizer.param_groups]
     fit_optimizer_state(checkpoint['optimizer'], optimizer)  # wpe rows added or cropped above
-    optimizer.load_state_dict(checkpoint['optimizer'])
+    if fsdp:  # the full state of any run, each rank keeping its shards
+        load_optimizer_state(model, optimizer, checkpoint['optimizer'])
+    else:
+        optimizer.load_state_dict(checkpoint['optimizer'])
     for group, chosen in zip(optimizer.param_groups, implementation):
         group.update(chosen)  # the saved groups carry the saving run's choice; keep this run's
     if 'scaler' in checkpoint and checkpoint['scaler']:
@@ -379,7 +396,7 @@ if compile:
     if master_process:
         print("compiling the model with torch.compile (takes a minute; --compile=False skips it)")
     model = torch.compile(model)
-if ddp:
+if ddp and not fsdp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 
 if peak_flops <= 0 and master_process:
@@ -435,7 +452,8 @@ accuracy_lines = line_data.lines('val', eval_accuracy) if eval_accuracy else []
 
 def measure_accuracy():
     """Exact-match accuracy of the greedy answers to the first eval_accuracy val lines (rank 0
-    only: greedy decoding draws no random numbers, so the run's random streams are untouched)."""
+    only, or every rank under FSDP, where a forward needs all ranks to gather the weights; greedy
+    decoding draws no random numbers, so the run's random streams are untouched)."""
     from evaluation import line_accuracy
     return line_accuracy(raw_model, line_data.tokenizer, accuracy_lines, line_data.separator,
                          meta['lines']['end_of_line'], ctx=ctx)['accuracy']
@@ -462,31 +480,35 @@ def set_rng_state(state):
     train_generator.set_state(state['sampler'])
 
 
-def save(name, rng_states):
+def save(name, state):
     path = os.path.join(out_dir, name)
     save_checkpoint({
-        'model': raw_model.state_dict(),
-        'optimizer': optimizer.state_dict(),
+        'model': state['model'],
+        'optimizer': state['optimizer'],
         'scaler': scaler.state_dict() if scaler.is_enabled() else None,
         'model_args': model_args,
         'iter_num': iter_num,
         'best_val_loss': best_val_loss,
         'config': config,
         'meta': meta,  # the vocabulary, so sample.py works without the data folder
-        'rng': rng_states,  # one entry per rank
+        'rng': state['rng'],  # one entry per rank
         'world_size': ddp_world_size,
     }, path)
     print(f"saved {path} (iteration {iter_num})")
 
 
-def gather_rng_states():
-    """Every rank's random state, collected on rank 0 (all ranks must call this)."""
-    state = rng_state()
-    if not ddp:
-        return [state]
-    states = [None] * ddp_world_size
-    dist.all_gather_object(states, state)
-    return states
+def gather_state():
+    """What rank 0 saves: the model and optimizer state (under FSDP gathered from the shards
+    into full tensors) and every rank's random state. All ranks must call this."""
+    if fsdp:
+        model_state, optimizer_state = full_state(raw_model, optimizer)
+    else:
+        model_state, optimizer_state = raw_model.state_dict(), optimizer.state_dict()
+    states = [rng_state()]
+    if ddp:
+        states = [None] * ddp_world_size
+        dist.all_gather_object(states, rng_state())
+    return {'model': model_state, 'optimizer': optimizer_state, 'rng': states}
 
 
 def resume_command():
@@ -505,7 +527,7 @@ def diverged():
     run never replaces a good checkpoint, even when log_interval hides the bad loss for a while.
     All ranks must call it."""
     bad = not bool(torch.isfinite(loss_sum)) or \
-        not all(bool(torch.isfinite(p).all()) for p in raw_model.parameters())
+        not all(bool(torch.isfinite(p.to_local() if fsdp else p).all()) for p in params)
     flag = torch.tensor([float(bad)], device=device)
     if ddp:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -590,8 +612,9 @@ while True:
             exit_code = 3
             break
         last_finite_iter = iter_num
+        # under FSDP every rank decodes: a forward of a sharded model is collective
+        accuracy = measure_accuracy() if eval_accuracy and (master_process or fsdp) else None
         if master_process:
-            accuracy = measure_accuracy() if eval_accuracy else None
             shown = f", val accuracy {accuracy:.2%}" if accuracy is not None else ""
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{shown}")
             runlog.eval(iter_num, losses['train'], losses['val'], lr, accuracy)
@@ -602,9 +625,9 @@ while True:
                 report_divergence()
                 exit_code = 3
                 break
-            states = gather_rng_states()
+            state = gather_state()
             if master_process:
-                save('ckpt.pt', states)
+                save('ckpt.pt', state)
     if eval_only:
         break
     if iter_num > start_iter and (iter_num % checkpoint_every == 0 or iter_num >= last_iter):
@@ -612,9 +635,9 @@ while True:
             report_divergence()
             exit_code = 3
             break
-        states = gather_rng_states()
+        state = gather_state()
         if master_process:
-            save('last.pt', states)
+            save('last.pt', state)
     if iter_num >= last_iter:
         break
 
@@ -622,7 +645,10 @@ while True:
     micro_batches = next_micro_batches()
     X, Y = get_batch('train', offsets=micro_batches[0])
     for micro_step in range(gradient_accumulation_steps):
-        if ddp:  # sync gradients only on the last micro-step; the others just accumulate
+        # sync gradients only on the last micro-step; the others just accumulate
+        if fsdp:
+            model.set_requires_gradient_sync(micro_step == gradient_accumulation_steps - 1)
+        elif ddp:
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
         with ctx:
             logits, loss = model(X, Y)
@@ -674,9 +700,9 @@ while True:
         exit_code = 3
         break
     if stop:
-        states = gather_rng_states()
+        state = gather_state()
         if master_process:
-            save('last.pt', states)
+            save('last.pt', state)
             print(f"stopped at iteration {iter_num}. To resume:\n  {resume_command()}")
         exit_code = 130
         break
