@@ -611,6 +611,51 @@ def test_two_loopback_nodes_train_save_and_match_one_process(char_dataset, tmp_p
 
 
 @pytest.mark.slow
+def test_fsdp_matches_ddp_and_checkpoints_cross_load(char_dataset, tmp_path):
+    """parallel='fsdp' (2 processes, FSDP2) against DDP(2) on the same global batches: the same
+    losses step by step and the same weights and AdamW state at the save; the FSDP checkpoint is
+    the one full format (sample.py reads it, one process resumes it) and the DDP checkpoint
+    resumes under FSDP; both resumes end where one uninterrupted process does (which the 1x4 vs
+    2x2 test above ties to DDP)."""
+    common = ("--gradient_accumulation_steps=4", "--dropout=0.0", "--eval_interval=3",
+              "--learning_rate=2e-3")
+    fsdp = "--parallel=fsdp"
+
+    def run(out_dir, *extra, processes=2):
+        args = train_args(char_dataset, tmp_path / out_dir, *common, *extra)
+        result = torchrun(*args, cwd=tmp_path) if processes == 2 else \
+            run_script("train.py", *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return [float(r["loss"]) for r in train_rows(tmp_path / out_dir / "log.csv")]
+
+    ddp = run("ddp", "--max_iters=6")
+    sharded = run("fsdp", fsdp, "--max_iters=6")
+    assert len(ddp) == len(sharded) == 6 and ddp[-1] < ddp[0] - 0.1
+    assert max(abs(a - b) for a, b in zip(ddp, sharded)) < 1e-5, (ddp, sharded)
+    reference, saved = load(tmp_path / "ddp" / "last.pt"), load(tmp_path / "fsdp" / "last.pt")
+    assert saved["model"].keys() == reference["model"].keys()
+    torch.testing.assert_close(saved["model"], reference["model"], atol=1e-5, rtol=0)
+    # the optimizer state in the plain numbered layout, not FSDP's names or shards
+    assert saved["optimizer"]["param_groups"] == reference["optimizer"]["param_groups"]
+    torch.testing.assert_close(saved["optimizer"]["state"], reference["optimizer"]["state"],
+                               atol=1e-5, rtol=0)
+    sample = run_script("sample.py", f"--out_dir={tmp_path / 'fsdp'}", "--device=cpu",
+                        "--num_samples=1", "--max_new_tokens=20", "--checkpoint_name=last.pt",
+                        cwd=tmp_path)
+    assert sample.returncode == 0 and sample.stdout.strip(), sample.stderr[-3000:]
+
+    resume = ("--max_iters=9", "--init_from=resume", "--resume_checkpoint_name=last.pt")
+    fsdp_to_one = run("fsdp", *resume, processes=1)
+    ddp_to_fsdp = run("ddp", fsdp, *resume)
+    one = run("one", "--max_iters=9", processes=1)
+    for name, losses in (("fsdp", fsdp_to_one), ("ddp", ddp_to_fsdp)):
+        assert len(losses) == 9 and max(abs(a - b) for a, b in zip(losses, one)) < 1e-5, \
+            (name, losses, one)
+        torch.testing.assert_close(load(tmp_path / name / "last.pt")["model"],
+                                   load(tmp_path / "one" / "last.pt")["model"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
 def test_ddp_gradient_accumulation_must_divide_by_world_size(char_dataset, tmp_path):
     result = torchrun(*train_args(char_dataset, tmp_path / "out", "--gradient_accumulation_steps=3",
                                   "--max_iters=2"), cwd=tmp_path)
