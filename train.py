@@ -512,13 +512,26 @@ def gather_state():
 
 
 def resume_command():
-    """This run's command line, quoted for a shell, with init_from=resume from last.pt."""
+    """This run's command line, quoted for a shell, with init_from=resume from last.pt; under
+    torchrun the torchrun line for as many nodes and processes (node 0's, where rank 0 runs)."""
     args = [a for a in sys.argv[1:]
             if not a.startswith(('--init_from=', '--resume_checkpoint_name='))]
-    launcher = ['torchrun', f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', ddp_world_size)}"] \
-        if ddp else ['python']
-    return shlex.join([*launcher, sys.argv[0], *args, '--init_from=resume',
-                       '--resume_checkpoint_name=last.pt'])
+    launcher = ['python']
+    if ddp:
+        per_node = int(os.environ.get('LOCAL_WORLD_SIZE', ddp_world_size))
+        nodes = ddp_world_size // per_node
+        launcher = ['torchrun', '--standalone'] if nodes == 1 else \
+            ['torchrun', f'--nnodes={nodes}', '--node_rank=0',
+             f"--master_addr={os.environ['MASTER_ADDR']}", f"--master_port={os.environ['MASTER_PORT']}"]
+        launcher.append(f'--nproc_per_node={per_node}')
+        restarts = int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', 0))
+        if restarts:
+            launcher.append(f'--max-restarts={restarts}')
+    command = shlex.join([*launcher, sys.argv[0], *args, '--init_from=resume',
+                          '--resume_checkpoint_name=last.pt'])
+    if ddp and nodes > 1:
+        command += "\n  (and on each other node the same with its --node_rank)"
+    return command
 
 
 def diverged():
@@ -547,14 +560,19 @@ def report_divergence(detail=''):
 
 # Ctrl+C (SIGINT) or a scheduler's SIGTERM: finish the step, write last.pt, exit 130.
 stop_requested = False
+first_signal_time = 0.0
 
 
 def request_stop(signum, frame):
-    global stop_requested
+    global stop_requested, first_signal_time
     if stop_requested:
+        # Ctrl+C reaches torchrun's workers twice: from the terminal, and forwarded by torchrun
+        # a moment later. Only a second press (or signal) counts
+        if ddp and time.monotonic() - first_signal_time < 1.0:
+            return
         print("\nsecond interrupt: exiting now without saving", file=sys.stderr)
         os._exit(130)
-    stop_requested = True
+    stop_requested, first_signal_time = True, time.monotonic()
     if master_process:
         print("\ninterrupt: finishing this step, then writing last.pt "
               "(press Ctrl+C again to quit at once)", file=sys.stderr)

@@ -727,6 +727,74 @@ def test_ddp_rank_killed_fails_the_job_naming_the_rank_then_resume(char_dataset,
 
 
 
+def start_torchrun(*args, cwd, log, torchrun_args=("--standalone", "--nproc_per_node=2")):
+    """torchrun in a session of its own (so the test can signal its whole process group, as a
+    terminal's Ctrl+C does); stdout and stderr go to `log`."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *torchrun_args,
+                                 str(REPO / "train.py"), *map(str, args)], cwd=cwd,
+                                env=script_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop_group(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc")
+def test_ctrl_c_under_torchrun_saves_once_prints_the_torchrun_resume_and_it_continues(
+        char_dataset, tmp_path):
+    """Ctrl+C (SIGINT to torchrun's process group): the ranks stop at the same step, last.pt is
+    written once and the printed torchrun command resumes. torchrun itself exits 1 (it raises on
+    the signal and does not pass its workers' codes on); the workers exit 130, which torchrun
+    reports when only they are signalled (a scheduler's SIGTERM): checked on the resumed run."""
+    out_dir, log = tmp_path / "out", tmp_path / "run.log"
+    args = train_args(char_dataset, out_dir, "--gradient_accumulation_steps=2",
+                      "--max_iters=100000", "--eval_interval=100000")
+    proc = start_torchrun(*args, cwd=tmp_path, log=log)
+    try:
+        wait_for(lambda: "iter 5:" in log.read_text(), 120, "iteration 5", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=90)
+    finally:
+        stop_group(proc)
+    output = log.read_text()
+    assert code == 1, output[-3000:]
+    assert "second interrupt" not in output  # torchrun's forwarded copy is not a second Ctrl+C
+    assert output.count("saved ") == 1, output[-3000:]
+    stopped = re.search(r"stopped at iteration (\d+)\. To resume:\n  (.+)\n", output)
+    assert stopped, output[-3000:]
+    k = int(stopped.group(1))
+    assert k >= 5 and iter_lines(output)[-1][0] == k
+    assert load(out_dir / "last.pt")["iter_num"] == k
+
+    command = shlex.split(stopped.group(2))
+    assert command[:3] == ["torchrun", "--standalone", "--nproc_per_node=2"], command
+    assert "--init_from=resume" in command and "--resume_checkpoint_name=last.pt" in command
+    resumed = start_torchrun(*command[4:], cwd=tmp_path, log=tmp_path / "resumed.log",
+                             torchrun_args=command[1:3])
+    try:
+        wait_for(lambda: f"iter {k + 2}:" in (tmp_path / "resumed.log").read_text(), 120,
+                 f"iteration {k + 2}", resumed)
+        for worker in children(resumed.pid):  # the workers only, as a scheduler might
+            os.kill(worker, signal.SIGTERM)
+        code = resumed.wait(timeout=90)
+    finally:
+        stop_group(resumed)
+    output = (tmp_path / "resumed.log").read_text()
+    assert code == 1
+    assert f"resuming from {out_dir / 'last.pt'} at iteration {k}" in output
+    j = load(out_dir / "last.pt")["iter_num"]
+    assert [i for i, _ in iter_lines(output)] == list(range(k + 1, j + 1))
+    # torchrun names the first worker to exit as the root cause (a rank that was still exiting
+    # then gets its SIGTERM and is listed with -15)
+    root_cause = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", output, flags=re.S)
+    assert root_cause and root_cause.group(1) == "130", output[-3000:]
+
+
 def test_init_from_auto_starts_then_continues_from_last_pt(char_dataset, tmp_path):
     """The same command line twice: the first run starts from scratch, the second resumes from
     the first's last.pt and ends with the weights of one uninterrupted run."""
