@@ -1,6 +1,7 @@
 """
-FSDP for train.py (parallel='fsdp'): shard a GPT over the processes of a torchrun job, and turn
-its sharded state back into the one checkpoint format (and a checkpoint into sharded state).
+train.py under torchrun: the process group (restart-safe), and FSDP (parallel='fsdp'): shard a
+GPT over the processes, and turn its sharded state back into the one checkpoint format (and a
+checkpoint into sharded state).
 
     torchrun --standalone --nproc_per_node=2 train.py config/train_don_char.py --parallel=fsdp
 
@@ -16,9 +17,11 @@ fp32) in host memory. On resume every rank reads that file and keeps its shards.
 What this is not: sharded (per-rank) checkpoint files, CPU offload or hybrid sharding.
 """
 
+import os
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
@@ -28,6 +31,21 @@ from torch.distributed.fsdp import fully_shard
 # FSDP2 warns that an in-place op on a returned view would skip its backward hook; GPT.forward
 # only reads them, so the warning is noise on every step.
 warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+
+
+def init_process_group(backend):
+    """dist.init_process_group from torchrun's environment, also after torchrun --max-restarts
+    restarted the workers. torchrun keeps one store for all attempts while this torch's workers
+    (TORCHELASTIC_USE_AGENT_STORE) write their keys into it unprefixed: the restarted ranks would
+    read the dead attempt's addresses and hang or fail to connect. Each attempt's keys go under
+    a prefix of its own instead."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return dist.init_process_group(backend=backend)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          is_master=False, timeout=dist.constants.default_pg_timeout)
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{attempt}", store),
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
 
 
 def shard_model(model):

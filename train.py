@@ -197,7 +197,8 @@ if ddp:
         torch.cuda.set_device(device)
     elif backend == 'nccl':
         backend = 'gloo'  # nccl is GPU-only
-    dist.init_process_group(backend=backend)
+    from distributed import init_process_group
+    init_process_group(backend)
     master_process = ddp_rank == 0
     seed_offset = ddp_rank
     if gradient_accumulation_steps % ddp_world_size != 0:

@@ -795,6 +795,40 @@ def test_ctrl_c_under_torchrun_saves_once_prints_the_torchrun_resume_and_it_cont
     assert root_cause and root_cause.group(1) == "130", output[-3000:]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the rank's process through /proc")
+def test_elastic_restart_after_a_killed_rank_ends_with_the_uninterrupted_weights(
+        char_dataset, tmp_path):
+    """torchrun --max-restarts=1 with init_from='auto': rank 1 is killed (SIGKILL) after the
+    first last.pt; torchrun restarts both workers, they resume from last.pt, the job exits 0,
+    and the final weights are those of one uninterrupted process with the same global batch."""
+    out_dir, log = tmp_path / "out", tmp_path / "run.log"
+    common = ("--gradient_accumulation_steps=2", "--dropout=0.0", "--learning_rate=2e-3",
+              "--max_iters=12", "--eval_interval=100000")
+    proc = start_torchrun(*train_args(char_dataset, out_dir, *common, "--checkpoint_interval=4",
+                                      "--init_from=auto"), cwd=tmp_path, log=log,
+                          torchrun_args=("--standalone", "--nproc_per_node=2", "--max-restarts=1"))
+    try:
+        wait_for(lambda: "last.pt (iteration 4)" in log.read_text(), 120, "the first last.pt", proc)
+        workers = {rank_of(p): p for p in children(proc.pid) if rank_of(p) is not None}
+        assert set(workers) == {0, 1}, workers
+        os.kill(workers[1], signal.SIGKILL)
+        code = proc.wait(timeout=240)
+    finally:
+        stop_group(proc)
+    output = log.read_text()
+    assert code == 0, output[-3000:]
+    assert "exitcode: -9" in output  # torchrun saw the kill, then restarted the group
+    resumed = re.search(r"resuming from \S+ at iteration (\d+)", output)
+    assert resumed and int(resumed.group(1)) in (4, 8), output[-3000:]
+    assert load(out_dir / "last.pt")["iter_num"] == 12
+
+    one = run_train(char_dataset, tmp_path / "one", *common, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    torch.testing.assert_close(load(out_dir / "last.pt")["model"],
+                               load(tmp_path / "one" / "last.pt")["model"], atol=1e-5, rtol=0)
+
+
 def test_init_from_auto_starts_then_continues_from_last_pt(char_dataset, tmp_path):
     """The same command line twice: the first run starts from scratch, the second resumes from
     the first's last.pt and ends with the weights of one uninterrupted run."""
