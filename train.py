@@ -7,6 +7,9 @@ One process on a CPU, a GPU or Apple's MPS:
 Distributed data parallel, one process per GPU (or per CPU socket, with gloo):
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py
+Sharded (FSDP), and restarted from last.pt when a process dies (README: Distributed training):
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py --parallel=fsdp --compile=False
+    torchrun --standalone --nproc_per_node=8 --max-restarts=3 train.py config/train_gpt2.py --init_from=auto
 A line dataset (one sample per line; README: Line datasets and tasks), with accuracy at each eval:
     python train.py config/train_add.py
 Resume where a run stopped (exactly: same batches, same random numbers):
@@ -505,10 +508,11 @@ def gather_state():
         model_state, optimizer_state = full_state(raw_model, optimizer)
     else:
         model_state, optimizer_state = raw_model.state_dict(), optimizer.state_dict()
-    states = [rng_state()]
+    states = [None] * ddp_world_size
     if ddp:
-        states = [None] * ddp_world_size
         dist.all_gather_object(states, rng_state())
+    else:
+        states[0] = rng_state()
     return {'model': model_state, 'optimizer': optimizer_state, 'rng': states}
 
 
