@@ -434,16 +434,20 @@ def estimate_loss():
         n_windows = eval_iters * batch_size
         offsets = line_data.eval_lines(split, n_windows) if line_data is not None else \
             eval_offsets(path, token_dtype, n_windows, block_size)
-        batches = range(eval_iters)[ddp_rank::ddp_world_size]
+        batches = list(range(eval_iters)[ddp_rank::ddp_world_size])
+        if fsdp:  # a forward of a sharded model is collective: every rank runs as many, the
+            # extra ones (-1: batch 0 again, not counted) where eval_iters doesn't divide evenly
+            batches += [-1] * (-(-eval_iters // ddp_world_size) - len(batches))
         if master_process and eval_iters >= 50:
             from tqdm import tqdm
             batches = tqdm(batches, desc=f"eval {split}", leave=False, delay=2.0)  # only if slow
         for i in batches:
-            X, Y = get_batch(split, offsets=offsets[i * batch_size:(i + 1) * batch_size])
+            j = max(i, 0)
+            X, Y = get_batch(split, offsets=offsets[j * batch_size:(j + 1) * batch_size])
             with ctx:
                 _, loss = model(X, Y)
-            sums[2 * s] += loss.float()
-            sums[2 * s + 1] += 1
+            sums[2 * s] += loss.float() * (i >= 0)
+            sums[2 * s + 1] += i >= 0
     if ddp:  # every rank evaluated different batches: add them up, and agree on the result
         dist.all_reduce(sums)
     out = {'train': (sums[0] / sums[1]).item(), 'val': (sums[2] / sums[3]).item()}

@@ -617,8 +617,10 @@ def test_fsdp_matches_ddp_and_checkpoints_cross_load(char_dataset, tmp_path):
     the one full format (sample.py reads it, one process resumes it) and the DDP checkpoint
     resumes under FSDP; both resumes end where one uninterrupted process does (which the 1x4 vs
     2x2 test above ties to DDP)."""
+    # 3 eval batches over 2 processes: one rank evaluates one batch fewer, yet under FSDP it
+    # must join every forward
     common = ("--gradient_accumulation_steps=4", "--dropout=0.0", "--eval_interval=3",
-              "--learning_rate=2e-3")
+              "--eval_iters=3", "--learning_rate=2e-3")
     fsdp = "--parallel=fsdp"
 
     def run(out_dir, *extra, processes=2):
@@ -632,6 +634,10 @@ def test_fsdp_matches_ddp_and_checkpoints_cross_load(char_dataset, tmp_path):
     sharded = run("fsdp", fsdp, "--max_iters=6")
     assert len(ddp) == len(sharded) == 6 and ddp[-1] < ddp[0] - 0.1
     assert max(abs(a - b) for a, b in zip(ddp, sharded)) < 1e-5, (ddp, sharded)
+    evals = [[(float(r["train_loss"]), float(r["val_loss"]))
+              for r in eval_rows(tmp_path / run / "log.csv")] for run in ("ddp", "fsdp")]
+    assert len(evals[0]) == len(evals[1]) == 3  # iterations 0, 3, 6
+    assert max(abs(a - b) for pa, pb in zip(*evals) for a, b in zip(pa, pb)) < 1e-5, evals
     reference, saved = load(tmp_path / "ddp" / "last.pt"), load(tmp_path / "fsdp" / "last.pt")
     assert saved["model"].keys() == reference["model"].keys()
     torch.testing.assert_close(saved["model"], reference["model"], atol=1e-5, rtol=0)
