@@ -3,7 +3,7 @@ train.py under torchrun: the process group (restart-safe), and FSDP (parallel='f
 GPT over the processes, and turn its sharded state back into the one checkpoint format (and a
 checkpoint into sharded state).
 
-    torchrun --standalone --nproc_per_node=2 train.py config/train_don_char.py --parallel=fsdp
+    torchrun --standalone --nproc_per_node=2 train.py config/train_don_char.py --parallel=fsdp --compile=False
 
 Sharding is PyTorch's FSDP2 (`fully_shard`): each Block is one unit, then the root (embeddings,
 final LayerNorm and the tied lm_head). Each process keeps 1/N of every parameter, gradient and
@@ -40,8 +40,10 @@ def init_process_group(backend):
     read the dead attempt's addresses and hang or fail to connect. Each attempt's keys go under
     a prefix of its own instead."""
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    # torchrun sets it to True unless run with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend)
+        return
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
                           is_master=False, timeout=dist.constants.default_pg_timeout)
     dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{attempt}", store),
@@ -54,7 +56,7 @@ def shard_model(model):
     # start from rank 0's weights, as DDP does: each rank initialised its own (seed + rank)
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
-            torch.distributed.broadcast(tensor, src=0)
+            dist.broadcast(tensor, src=0)
     for block in model.transformer.h:
         fully_shard(block)
     fully_shard(model)  # wte, wpe, ln_f and lm_head (tied to wte: one unit, as they must be)
