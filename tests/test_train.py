@@ -615,8 +615,8 @@ def test_fsdp_matches_ddp_and_checkpoints_cross_load(char_dataset, tmp_path):
     """parallel='fsdp' (2 processes, FSDP2) against DDP(2) on the same global batches: the same
     losses step by step and the same weights and AdamW state at the save; the FSDP checkpoint is
     the one full format (sample.py reads it, one process resumes it) and the DDP checkpoint
-    resumes under FSDP; both resumes end where one uninterrupted process does (which the 1x4 vs
-    2x2 test above ties to DDP)."""
+    resumes under FSDP; these resumes, and one process's checkpoint resumed by DDP(2), end where
+    one uninterrupted process does (which the 1x4 vs 2x2 test above ties to DDP)."""
     # 3 eval batches over 2 processes: one rank evaluates one batch fewer, yet under FSDP it
     # must join every forward
     common = ("--gradient_accumulation_steps=4", "--dropout=0.0", "--eval_interval=3",
@@ -653,8 +653,10 @@ def test_fsdp_matches_ddp_and_checkpoints_cross_load(char_dataset, tmp_path):
     resume = ("--max_iters=9", "--init_from=resume", "--resume_checkpoint_name=last.pt")
     fsdp_to_one = run("fsdp", *resume, processes=1)
     ddp_to_fsdp = run("ddp", fsdp, *resume)
+    run("one_to_two", "--max_iters=6", processes=1)  # and 1 -> 2 processes (DDP)
+    one_to_two = run("one_to_two", *resume)
     one = run("one", "--max_iters=9", processes=1)
-    for name, losses in (("fsdp", fsdp_to_one), ("ddp", ddp_to_fsdp)):
+    for name, losses in (("fsdp", fsdp_to_one), ("ddp", ddp_to_fsdp), ("one_to_two", one_to_two)):
         assert len(losses) == 9 and max(abs(a - b) for a, b in zip(losses, one)) < 1e-5, \
             (name, losses, one)
         torch.testing.assert_close(load(tmp_path / name / "last.pt")["model"],
