@@ -7,6 +7,9 @@ One process on a CPU, a GPU or Apple's MPS:
 Distributed data parallel, one process per GPU (or per CPU socket, with gloo):
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py
+Sharded (FSDP), and restarted from last.pt when a process dies (README: Distributed training):
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py --parallel=fsdp --compile=False
+    torchrun --standalone --nproc_per_node=8 --max-restarts=3 train.py config/train_gpt2.py --init_from=auto
 A line dataset (one sample per line; README: Line datasets and tasks), with accuracy at each eval:
     python train.py config/train_add.py
 Resume where a run stopped (exactly: same batches, same random numbers):
@@ -80,8 +83,9 @@ decay_lr = True  # False = constant learning_rate
 warmup_iters = 2000
 lr_decay_iters = 600000  # ~= max_iters per Chinchilla
 min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
-# DDP
+# distributed (torchrun; README: Distributed training)
 backend = 'nccl'  # for CUDA; CPU runs always use gloo
+parallel = 'ddp'  # 'ddp': a full copy per process; 'fsdp': parameters, gradients, AdamW state sharded
 # system
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
 dtype = 'auto'  # auto, float32, bfloat16, float16 (float16 adds a GradScaler)
@@ -133,6 +137,8 @@ if xl_memory < 0 or (xl_memory and data_order != 'sequential'):
          f"--data_order=sequential (and xl_memory >= 0)")
 if checkpoint_interval < 0 or max_iters < 0:
     fail(f"checkpoint_interval={checkpoint_interval} and max_iters={max_iters} can't be negative")
+if parallel not in ('ddp', 'fsdp'):
+    fail(f"parallel={parallel!r}: use 'ddp' or 'fsdp'")
 if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     fail(f"--out_dir={out_dir} is a file, not a folder; pass another --out_dir")
 
@@ -181,7 +187,15 @@ elif loss_on != 'all' or answer_separator or eval_accuracy:
          f"plain text; make one with: python data/charline/prepare.py --input=lines.txt")
 
 # ----------------------------------------------------------------------------- processes, device, dtype
-ddp = int(os.environ.get('RANK', -1)) != -1
+ddp = int(os.environ.get('RANK', -1)) != -1  # started by torchrun (whichever `parallel`)
+fsdp = ddp and parallel == 'fsdp'
+if parallel == 'fsdp' and not ddp:
+    note("parallel='fsdp' without torchrun: one process holds everything, trained as usual")
+if fsdp and compile:
+    fail("parallel='fsdp' with compile=True is not supported here yet; pass --compile=False")
+if fsdp and dtype == 'float16':
+    fail("parallel='fsdp' with dtype='float16' (a GradScaler) is not supported; pass "
+         "--dtype=bfloat16 or --dtype=float32")
 try:
     device = pick_device(device)
 except ValueError as e:
@@ -198,7 +212,8 @@ if ddp:
         torch.cuda.set_device(device)
     elif backend == 'nccl':
         backend = 'gloo'  # nccl is GPU-only
-    dist.init_process_group(backend=backend)
+    from distributed import init_process_group
+    init_process_group(backend)
     master_process = ddp_rank == 0
     seed_offset = ddp_rank
     if gradient_accumulation_steps % ddp_world_size != 0:
@@ -397,6 +412,9 @@ if master_process and init_from != 'resume':
               f"--init_from=resume to continue that run", file=sys.stderr)
 model.to(device)
 set_fast_cpu(model, fast_cpu)
+if fsdp:  # before the optimizer: sharding turns the parameters into DTensors
+    from distributed import full_state, load_optimizer_state, shard_model
+    shard_model(model)
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
@@ -404,7 +422,10 @@ optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta
 if checkpoint is not None:
     implementation = [{k: g.get(k) for k in ('fused', 'foreach')} for g in optimizer.param_groups]
     fit_optimizer_state(checkpoint['optimizer'], optimizer)  # wpe rows added or cropped above
-    optimizer.load_state_dict(checkpoint['optimizer'])
+    if fsdp:  # the full state of any run, each rank keeping its shards
+        load_optimizer_state(model, optimizer, checkpoint['optimizer'])
+    else:
+        optimizer.load_state_dict(checkpoint['optimizer'])
     for group, chosen in zip(optimizer.param_groups, implementation):
         group.update(chosen)  # the saved groups carry the saving run's choice; keep this run's
     if 'scaler' in checkpoint and checkpoint['scaler']:
@@ -415,7 +436,7 @@ if compile:
     if master_process:
         print("compiling the model with torch.compile (takes a minute; --compile=False skips it)")
     model = torch.compile(model)
-if ddp:
+if ddp and not fsdp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 
 if peak_flops <= 0 and master_process:
@@ -452,16 +473,20 @@ def estimate_loss():
         n_windows = eval_iters * batch_size
         offsets = line_data.eval_lines(split, n_windows) if line_data is not None else \
             eval_offsets(path, token_dtype, n_windows, block_size)
-        batches = range(eval_iters)[ddp_rank::ddp_world_size]
+        batches = list(range(eval_iters)[ddp_rank::ddp_world_size])
+        if fsdp:  # a forward of a sharded model is collective: every rank runs as many, the
+            # extra ones (-1: batch 0 again, not counted) where eval_iters doesn't divide evenly
+            batches += [-1] * (-(-eval_iters // ddp_world_size) - len(batches))
         if master_process and eval_iters >= 50:
             from tqdm import tqdm
             batches = tqdm(batches, desc=f"eval {split}", leave=False, delay=2.0)  # only if slow
         for i in batches:
-            X, Y = get_batch(split, offsets=offsets[i * batch_size:(i + 1) * batch_size])
+            j = max(i, 0)
+            X, Y = get_batch(split, offsets=offsets[j * batch_size:(j + 1) * batch_size])
             with ctx:
                 _, loss = model(X, Y)
-            sums[2 * s] += loss.float()
-            sums[2 * s + 1] += 1
+            sums[2 * s] += loss.float() * (i >= 0)
+            sums[2 * s + 1] += i >= 0
     if ddp:  # every rank evaluated different batches: add them up, and agree on the result
         dist.all_reduce(sums)
     out = {'train': (sums[0] / sums[1]).item(), 'val': (sums[2] / sums[3]).item()}
@@ -492,7 +517,8 @@ accuracy_lines = line_data.lines('val', eval_accuracy) if eval_accuracy else []
 
 def measure_accuracy():
     """Exact-match accuracy of the greedy answers to the first eval_accuracy val lines (rank 0
-    only: greedy decoding draws no random numbers, so the run's random streams are untouched)."""
+    only, or every rank under FSDP, where a forward needs all ranks to gather the weights; greedy
+    decoding draws no random numbers, so the run's random streams are untouched)."""
     from evaluation import line_accuracy
     return line_accuracy(raw_model, line_data.tokenizer, accuracy_lines, line_data.separator,
                          meta['lines']['end_of_line'], ctx=ctx)['accuracy']
@@ -528,41 +554,59 @@ def set_rng_state(state):
              f"training continues from an empty memory")
 
 
-def save(name, rng_states):
+def save(name, state):
     path = os.path.join(out_dir, name)
     save_checkpoint({
-        'model': raw_model.state_dict(),
-        'optimizer': optimizer.state_dict(),
+        'model': state['model'],
+        'optimizer': state['optimizer'],
         'scaler': scaler.state_dict() if scaler.is_enabled() else None,
         'model_args': model_args,
         'iter_num': iter_num,
         'best_val_loss': best_val_loss,
         'config': config,
         'meta': meta,  # the vocabulary, so sample.py works without the data folder
-        'rng': rng_states,  # one entry per rank
+        'rng': state['rng'],  # one entry per rank
         'world_size': ddp_world_size,
     }, path)
     print(f"saved {path} (iteration {iter_num})")
 
 
-def gather_rng_states():
-    """Every rank's random state, collected on rank 0 (all ranks must call this)."""
-    state = rng_state()
-    if not ddp:
-        return [state]
+def gather_state():
+    """What rank 0 saves: the model and optimizer state (under FSDP gathered from the shards
+    into full tensors) and every rank's random state. All ranks must call this."""
+    if fsdp:
+        model_state, optimizer_state = full_state(raw_model, optimizer)
+    else:
+        model_state, optimizer_state = raw_model.state_dict(), optimizer.state_dict()
     states = [None] * ddp_world_size
-    dist.all_gather_object(states, state)
-    return states
+    if ddp:
+        dist.all_gather_object(states, rng_state())
+    else:
+        states[0] = rng_state()
+    return {'model': model_state, 'optimizer': optimizer_state, 'rng': states}
 
 
 def resume_command():
-    """This run's command line, quoted for a shell, with init_from=resume from last.pt."""
+    """This run's command line, quoted for a shell, with init_from=resume from last.pt; under
+    torchrun the torchrun line for as many nodes and processes (node 0's, where rank 0 runs)."""
     args = [a for a in sys.argv[1:]
             if not a.startswith(('--init_from=', '--resume_checkpoint_name='))]
-    launcher = ['torchrun', f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', ddp_world_size)}"] \
-        if ddp else ['python']
-    return shlex.join([*launcher, sys.argv[0], *args, '--init_from=resume',
-                       '--resume_checkpoint_name=last.pt'])
+    launcher = ['python']
+    if ddp:
+        per_node = int(os.environ.get('LOCAL_WORLD_SIZE', ddp_world_size))
+        nodes = ddp_world_size // per_node
+        launcher = ['torchrun', '--standalone'] if nodes == 1 else \
+            ['torchrun', f'--nnodes={nodes}', '--node_rank=0',
+             f"--master_addr={os.environ['MASTER_ADDR']}", f"--master_port={os.environ['MASTER_PORT']}"]
+        launcher.append(f'--nproc_per_node={per_node}')
+        restarts = int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', 0))
+        if restarts:
+            launcher.append(f'--max-restarts={restarts}')
+    command = shlex.join([*launcher, sys.argv[0], *args, '--init_from=resume',
+                          '--resume_checkpoint_name=last.pt'])
+    if ddp and nodes > 1:
+        command += "\n  (and on each other node the same with its --node_rank)"
+    return command
 
 
 def diverged():
@@ -571,7 +615,7 @@ def diverged():
     run never replaces a good checkpoint, even when log_interval hides the bad loss for a while.
     All ranks must call it."""
     bad = not bool(torch.isfinite(loss_sum)) or \
-        not all(bool(torch.isfinite(p).all()) for p in raw_model.parameters())
+        not all(bool(torch.isfinite(p.to_local() if fsdp else p).all()) for p in params)
     flag = torch.tensor([float(bad)], device=device)
     if ddp:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -591,14 +635,19 @@ def report_divergence(detail=''):
 
 # Ctrl+C (SIGINT) or a scheduler's SIGTERM: finish the step, write last.pt, exit 130.
 stop_requested = False
+first_signal_time = 0.0
 
 
 def request_stop(signum, frame):
-    global stop_requested
+    global stop_requested, first_signal_time
     if stop_requested:
+        # Ctrl+C reaches torchrun's workers twice: from the terminal, and forwarded by torchrun
+        # a moment later. Only a second press (or signal) counts
+        if ddp and time.monotonic() - first_signal_time < 1.0:
+            return
         print("\nsecond interrupt: exiting now without saving", file=sys.stderr)
         os._exit(130)
-    stop_requested = True
+    stop_requested, first_signal_time = True, time.monotonic()
     if master_process:
         print("\ninterrupt: finishing this step, then writing last.pt "
               "(press Ctrl+C again to quit at once)", file=sys.stderr)
@@ -657,8 +706,9 @@ while True:
             exit_code = 3
             break
         last_finite_iter = iter_num
+        # under FSDP every rank decodes: a forward of a sharded model is collective
+        accuracy = measure_accuracy() if eval_accuracy and (master_process or fsdp) else None
         if master_process:
-            accuracy = measure_accuracy() if eval_accuracy else None
             shown = f", val accuracy {accuracy:.2%}" if accuracy is not None else ""
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{shown}")
             runlog.eval(iter_num, losses['train'], losses['val'], lr, accuracy)
@@ -669,9 +719,9 @@ while True:
                 report_divergence()
                 exit_code = 3
                 break
-            states = gather_rng_states()
+            state = gather_state()
             if master_process:
-                save('ckpt.pt', states)
+                save('ckpt.pt', state)
     if eval_only:
         break
     if iter_num > start_iter and (iter_num % checkpoint_every == 0 or iter_num >= last_iter):
@@ -679,9 +729,9 @@ while True:
             report_divergence()
             exit_code = 3
             break
-        states = gather_rng_states()
+        state = gather_state()
         if master_process:
-            save('last.pt', states)
+            save('last.pt', state)
     if iter_num >= last_iter:
         break
 
@@ -689,7 +739,10 @@ while True:
     micro_batches = next_micro_batches()
     X, Y = get_batch('train', offsets=micro_batches[0])
     for micro_step in range(gradient_accumulation_steps):
-        if ddp:  # sync gradients only on the last micro-step; the others just accumulate
+        # sync gradients only on the last micro-step; the others just accumulate
+        if fsdp:
+            model.set_requires_gradient_sync(micro_step == gradient_accumulation_steps - 1)
+        elif ddp:
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
         with ctx:
             if xl_memories:  # this micro-batch's rows continue where they stopped last step
@@ -744,9 +797,9 @@ while True:
         exit_code = 3
         break
     if stop:
-        states = gather_rng_states()
+        state = gather_state()
         if master_process:
-            save('last.pt', states)
+            save('last.pt', state)
             print(f"stopped at iteration {iter_num}. To resume:\n  {resume_command()}")
         exit_code = 130
         break

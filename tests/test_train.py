@@ -611,6 +611,59 @@ def test_two_loopback_nodes_train_save_and_match_one_process(char_dataset, tmp_p
 
 
 @pytest.mark.slow
+def test_fsdp_matches_ddp_and_checkpoints_cross_load(char_dataset, tmp_path):
+    """parallel='fsdp' (2 processes, FSDP2) against DDP(2) on the same global batches: the same
+    losses step by step and the same weights and AdamW state at the save; the FSDP checkpoint is
+    the one full format (sample.py reads it, one process resumes it) and the DDP checkpoint
+    resumes under FSDP; these resumes, and one process's checkpoint resumed by DDP(2), end where
+    one uninterrupted process does (which the 1x4 vs 2x2 test above ties to DDP)."""
+    # 3 eval batches over 2 processes: one rank evaluates one batch fewer, yet under FSDP it
+    # must join every forward
+    common = ("--gradient_accumulation_steps=4", "--dropout=0.0", "--eval_interval=3",
+              "--eval_iters=3", "--learning_rate=2e-3")
+    fsdp = "--parallel=fsdp"
+
+    def run(out_dir, *extra, processes=2):
+        args = train_args(char_dataset, tmp_path / out_dir, *common, *extra)
+        result = torchrun(*args, cwd=tmp_path) if processes == 2 else \
+            run_script("train.py", *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return [float(r["loss"]) for r in train_rows(tmp_path / out_dir / "log.csv")]
+
+    ddp = run("ddp", "--max_iters=6")
+    sharded = run("fsdp", fsdp, "--max_iters=6")
+    assert len(ddp) == len(sharded) == 6 and ddp[-1] < ddp[0] - 0.1
+    assert max(abs(a - b) for a, b in zip(ddp, sharded)) < 1e-5, (ddp, sharded)
+    evals = [[(float(r["train_loss"]), float(r["val_loss"]))
+              for r in eval_rows(tmp_path / run / "log.csv")] for run in ("ddp", "fsdp")]
+    assert len(evals[0]) == len(evals[1]) == 3  # iterations 0, 3, 6
+    assert max(abs(a - b) for pa, pb in zip(*evals) for a, b in zip(pa, pb)) < 1e-5, evals
+    reference, saved = load(tmp_path / "ddp" / "last.pt"), load(tmp_path / "fsdp" / "last.pt")
+    assert saved["model"].keys() == reference["model"].keys()
+    torch.testing.assert_close(saved["model"], reference["model"], atol=1e-5, rtol=0)
+    # the optimizer state in the plain numbered layout, not FSDP's names or shards
+    assert saved["optimizer"]["param_groups"] == reference["optimizer"]["param_groups"]
+    torch.testing.assert_close(saved["optimizer"]["state"], reference["optimizer"]["state"],
+                               atol=1e-5, rtol=0)
+    sample = run_script("sample.py", f"--out_dir={tmp_path / 'fsdp'}", "--device=cpu",
+                        "--num_samples=1", "--max_new_tokens=20", "--checkpoint_name=last.pt",
+                        cwd=tmp_path)
+    assert sample.returncode == 0 and sample.stdout.strip(), sample.stderr[-3000:]
+
+    resume = ("--max_iters=9", "--init_from=resume", "--resume_checkpoint_name=last.pt")
+    fsdp_to_one = run("fsdp", *resume, processes=1)
+    ddp_to_fsdp = run("ddp", fsdp, *resume)
+    run("one_to_two", "--max_iters=6", processes=1)  # and 1 -> 2 processes (DDP)
+    one_to_two = run("one_to_two", *resume)
+    one = run("one", "--max_iters=9", processes=1)
+    for name, losses in (("fsdp", fsdp_to_one), ("ddp", ddp_to_fsdp), ("one_to_two", one_to_two)):
+        assert len(losses) == 9 and max(abs(a - b) for a, b in zip(losses, one)) < 1e-5, \
+            (name, losses, one)
+        torch.testing.assert_close(load(tmp_path / name / "last.pt")["model"],
+                                   load(tmp_path / "one" / "last.pt")["model"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
 def test_ddp_gradient_accumulation_must_divide_by_world_size(char_dataset, tmp_path):
     result = torchrun(*train_args(char_dataset, tmp_path / "out", "--gradient_accumulation_steps=3",
                                   "--max_iters=2"), cwd=tmp_path)
@@ -680,6 +733,108 @@ def test_ddp_rank_killed_fails_the_job_naming_the_rank_then_resume(char_dataset,
     assert [i for i, _ in iter_lines(result.stdout)] == [k + 1, k + 2, k + 3]
     assert load_checkpoint(str(out_dir / "last.pt"))["iter_num"] == k + 3
 
+
+
+def start_torchrun(*args, cwd, log, torchrun_args=("--standalone", "--nproc_per_node=2")):
+    """torchrun in a session of its own (so the test can signal its whole process group, as a
+    terminal's Ctrl+C does); stdout and stderr go to `log`."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *torchrun_args,
+                                 str(REPO / "train.py"), *map(str, args)], cwd=cwd,
+                                env=script_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop_group(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc")
+def test_ctrl_c_under_torchrun_saves_once_prints_the_torchrun_resume_and_it_continues(
+        char_dataset, tmp_path):
+    """Ctrl+C (SIGINT to torchrun's process group): the ranks stop at the same step, last.pt is
+    written once and the printed torchrun command resumes. torchrun itself exits 1 (it raises on
+    the signal and does not pass its workers' codes on); the workers exit 130, which torchrun
+    reports when only they are signalled (a scheduler's SIGTERM): checked on the resumed run."""
+    out_dir, log = tmp_path / "out", tmp_path / "run.log"
+    args = train_args(char_dataset, out_dir, "--gradient_accumulation_steps=2",
+                      "--max_iters=100000", "--eval_interval=100000")
+    proc = start_torchrun(*args, cwd=tmp_path, log=log)
+    try:
+        wait_for(lambda: "iter 5:" in log.read_text(), 120, "iteration 5", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=90)
+    finally:
+        stop_group(proc)
+    output = log.read_text()
+    assert code == 1, output[-3000:]
+    assert "second interrupt" not in output  # torchrun's forwarded copy is not a second Ctrl+C
+    assert output.count("saved ") == 1, output[-3000:]
+    stopped = re.search(r"stopped at iteration (\d+)\. To resume:\n  (.+)\n", output)
+    assert stopped, output[-3000:]
+    k = int(stopped.group(1))
+    assert k >= 5 and iter_lines(output)[-1][0] == k
+    assert load(out_dir / "last.pt")["iter_num"] == k
+
+    command = shlex.split(stopped.group(2))
+    assert command[:3] == ["torchrun", "--standalone", "--nproc_per_node=2"], command
+    assert "--init_from=resume" in command and "--resume_checkpoint_name=last.pt" in command
+    resumed = start_torchrun(*command[4:], cwd=tmp_path, log=tmp_path / "resumed.log",
+                             torchrun_args=command[1:3])
+    try:
+        wait_for(lambda: f"iter {k + 2}:" in (tmp_path / "resumed.log").read_text(), 120,
+                 f"iteration {k + 2}", resumed)
+        for worker in children(resumed.pid):  # the workers only, as a scheduler might
+            os.kill(worker, signal.SIGTERM)
+        code = resumed.wait(timeout=90)
+    finally:
+        stop_group(resumed)
+    output = (tmp_path / "resumed.log").read_text()
+    assert code == 1
+    assert f"resuming from {out_dir / 'last.pt'} at iteration {k}" in output
+    j = load(out_dir / "last.pt")["iter_num"]
+    assert [i for i, _ in iter_lines(output)] == list(range(k + 1, j + 1))
+    # torchrun names the first worker to exit as the root cause (a rank that was still exiting
+    # then gets its SIGTERM and is listed with -15)
+    root_cause = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", output, flags=re.S)
+    assert root_cause and root_cause.group(1) == "130", output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the rank's process through /proc")
+def test_elastic_restart_after_a_killed_rank_ends_with_the_uninterrupted_weights(
+        char_dataset, tmp_path):
+    """torchrun --max-restarts=1 with init_from='auto': rank 1 is killed (SIGKILL) after the
+    first last.pt; torchrun restarts both workers, they resume from last.pt, the job exits 0,
+    and the final weights are those of one uninterrupted process with the same global batch."""
+    out_dir, log = tmp_path / "out", tmp_path / "run.log"
+    common = ("--gradient_accumulation_steps=2", "--dropout=0.0", "--learning_rate=2e-3",
+              "--max_iters=12", "--eval_interval=100000")
+    proc = start_torchrun(*train_args(char_dataset, out_dir, *common, "--checkpoint_interval=4",
+                                      "--init_from=auto"), cwd=tmp_path, log=log,
+                          torchrun_args=("--standalone", "--nproc_per_node=2", "--max-restarts=1"))
+    try:
+        wait_for(lambda: "last.pt (iteration 4)" in log.read_text(), 120, "the first last.pt", proc)
+        workers = {rank_of(p): p for p in children(proc.pid) if rank_of(p) is not None}
+        assert set(workers) == {0, 1}, workers
+        os.kill(workers[1], signal.SIGKILL)
+        code = proc.wait(timeout=240)
+    finally:
+        stop_group(proc)
+    output = log.read_text()
+    assert code == 0, output[-3000:]
+    assert "exitcode: -9" in output  # torchrun saw the kill, then restarted the group
+    resumed = re.search(r"resuming from \S+ at iteration (\d+)", output)
+    assert resumed and int(resumed.group(1)) in (4, 8), output[-3000:]
+    assert load(out_dir / "last.pt")["iter_num"] == 12
+
+    one = run_train(char_dataset, tmp_path / "one", *common, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    torch.testing.assert_close(load(out_dir / "last.pt")["model"],
+                               load(tmp_path / "one" / "last.pt")["model"], atol=1e-5, rtol=0)
 
 
 def test_init_from_auto_starts_then_continues_from_last_pt(char_dataset, tmp_path):

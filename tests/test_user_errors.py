@@ -202,19 +202,37 @@ def test_overwriting_another_run_is_announced(char_dataset, tmp_path):
 
 # ----------------------------------------------------------------------------- torchrun
 
+def test_parallel_setting(char_dataset, tmp_path):
+    message = one_line_error(run_train(char_dataset, tmp_path / "out", "--parallel=zero3",
+                                       "--max_iters=2", cwd=tmp_path))
+    assert "parallel='zero3'" in message and "'ddp' or 'fsdp'" in message
+    # FSDP without torchrun: one process, said so, trained as usual
+    result = run_train(char_dataset, tmp_path / "out", "--parallel=fsdp", "--max_iters=2",
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "parallel='fsdp' without torchrun: one process" in result.stderr
+    assert "iter 2:" in result.stdout
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("mistake", ["config", "data"])
+@pytest.mark.parametrize("mistake", ["config", "data", "fsdp_compile"])
 def test_error_under_torchrun_printed_once(cut_dataset, char_dataset, tmp_path, mistake):
-    args = train_args(char_dataset, tmp_path / "out", "--max_iters=2", "--lerning_rate=1") \
-        if mistake == "config" else train_args(cut_dataset, tmp_path / "out", "--max_iters=2",
-                                               "--gradient_accumulation_steps=2")
+    args = {
+        "config": train_args(char_dataset, tmp_path / "out", "--max_iters=2", "--lerning_rate=1"),
+        "data": train_args(cut_dataset, tmp_path / "out", "--max_iters=2",
+                           "--gradient_accumulation_steps=2"),
+        "fsdp_compile": train_args(char_dataset, tmp_path / "out", "--max_iters=2",
+                                   "--gradient_accumulation_steps=2", "--parallel=fsdp",
+                                   "--compile=True"),
+    }[mistake]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                              "--nproc_per_node=2", str(REPO / "train.py"), *map(str, args)],
                             cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=240)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     errors = [line for line in output.splitlines() if line.startswith("error:")]
-    expected = "unknown config key(s): lerning_rate" if mistake == "config" else "not a whole number"
+    expected = {"config": "unknown config key(s): lerning_rate", "data": "not a whole number",
+                "fsdp_compile": "parallel='fsdp' with compile=True"}[mistake]
     assert len(errors) == 1 and expected in errors[0], output[-3000:]
     # torchrun prints its own ChildFailedError summary; no traceback may come from train.py
     assert 'train.py", line' not in output, output[-3000:]
