@@ -43,6 +43,7 @@ n_kv_head = 0
 attn_window = 0
 window_pattern = ''
 kv_share = 1
+attention = 'softmax'  # or 'linear' (README: Memory beyond the window)
 learning_rate = 1e-3
 weight_decay = 1e-1
 beta1 = 0.9
@@ -76,7 +77,8 @@ report_dir = ''  # kv mode: where kv_frontier.png goes ('' = the first out_dir)
 TRAIN_ONLY = ['eval_interval', 'log_interval', 'eval_iters', 'eval_only',
               'always_save_checkpoint', 'checkpoint_interval', 'init_from',
               'resume_checkpoint_name', 'wandb_log', 'wandb_project', 'wandb_run_name',
-              'tensorboard_log', 'max_iters', 'decay_lr', 'lr_decay_iters', 'min_lr', 'backend']
+              'tensorboard_log', 'max_iters', 'decay_lr', 'lr_decay_iters', 'min_lr', 'backend',
+              'data_order', 'xl_memory', 'parallel']
 from configurator import coerce, configure, parse_value  # noqa: E402
 
 config = configure(globals(), ignore=TRAIN_ONLY)
@@ -94,7 +96,8 @@ from runtime import autocast_context, measure_peak_flops, pick_device, pick_dtyp
 from textdata import count_tokens, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share')
+VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share',
+                'attention')
 MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') + VARIANT_KEYS
 
 if quick:
@@ -377,9 +380,11 @@ def int_list(key):
 
 def kv_rows(cfg):
     """The rows of one model: (label, teacher_forced settings). Built from its config, so any
-    model gets the rows that apply to it. Hook for models whose cache is a fixed-size state
-    (linear attention, XL memory): a row per state setting goes here; the report measures
-    whatever cache teacher_forced returns, by its nbytes(), per token read."""
+    model gets the rows that apply to it. The report measures whatever cache teacher_forced
+    returns, by its nbytes(), per token read: for linear attention, its fixed-size state. An
+    XL-trained model decodes like any rope/none model (its memory is a training device)."""
+    if cfg.attention == 'linear':  # a fixed-size state per layer: nothing to quantise or evict
+        return [('linear state', {})]
     rows = [('full cache', {})]
     rows += [(f'kv_cache_dtype={d}', dict(kv_cache_dtype=d)) for d in ('int8', 'fp8', 'int4')]
     rows += [(f'kv_budget={b}', dict(kv_budget=b)) for b in int_list('kv_budgets')
@@ -485,6 +490,8 @@ def bench_kv():
             table.append(row)
             points.append(row)
             print(f"  {label}: {bits:,.0f} bits/token, loss {loss:.4f}", flush=True)
+        if cfg.attention == 'linear':
+            continue  # no keys and values are kept to quantise
         errors = quantisation_errors(model, ids)
         print(f"  quantisation error (relative RMS, worst layer) of {name}'s keys / values: " +
               "; ".join(f"{fmt} {errors[fmt, 'K']:.4f} / {errors[fmt, 'V']:.4f}"

@@ -282,13 +282,19 @@ def test_bad_cache_settings_are_one_line_errors(settings, message):
     rope = model_of(pos_emb="rope")
     with pytest.raises(ValueError, match="kv_sink=16 must be smaller than the context window"):
         list(rope.generate_stream([[1, 2]], 2, kv_sink=16))
+    linear = model_of(pos_emb="none", attention="linear")
+    with pytest.raises(ValueError, match="keeps a fixed-size state instead"):
+        list(linear.generate_stream([[1, 2]], 2, kv_cache_dtype="int8"))
 
 
-def test_teacher_forced_loss_equals_the_full_forward_inside_the_context():
-    """teacher_forced feeds a text one token at a time through the cache; inside block_size its
-    summed cross-entropy is the full forward's (the cache is exact there)."""
+@pytest.mark.parametrize("variant", [dict(pos_emb="rope", n_kv_head=2),
+                                     dict(pos_emb="none", attention="linear")])
+def test_teacher_forced_loss_equals_the_full_forward_inside_the_context(variant):
+    """teacher_forced feeds a text one token at a time through the cache (linear attention: its
+    fixed-size state); inside block_size its summed cross-entropy is the full forward's (the
+    cache is exact there)."""
     import torch.nn.functional as F
-    model = model_of(pos_emb="rope", n_kv_head=2)
+    model = model_of(**variant)
     ids = tokens(BLOCK, seed=10)
     nll, cache = teacher_forced(model, ids)
     with torch.no_grad():
