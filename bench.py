@@ -378,7 +378,7 @@ def int_list(key):
         sys.exit(f"error: --{key} takes comma-separated token counts, e.g. --{key}=16,32")
 
 
-def kv_rows(cfg):
+def kv_rows(cfg, xl_memory=0):
     """The rows of one model: (label, teacher_forced settings). Built from its config, so any
     model gets the rows that apply to it. The report measures whatever cache teacher_forced
     returns, by its nbytes(), per token read: for linear attention, its fixed-size state. An
@@ -393,6 +393,9 @@ def kv_rows(cfg):
              for b in int_list('kv_budgets')[-1:] if b < cfg.block_size]
     rows += [(f'context_window={w}', dict(context_window=w)) for w in int_list('kv_windows')
              if w < cfg.block_size]
+    if xl_memory:  # trained with TransformerXL memory: it saw block_size + xl_memory tokens back
+        w = cfg.block_size + xl_memory
+        rows.insert(1, (f'context_window={w}', dict(context_window=w)))
     if cfg.pos_emb != 'learned':  # sinks matter where the cache rolls past the context
         rows += [(f'kv_sink={s}', dict(kv_sink=s)) for s in int_list('kv_sinks')
                  if s < cfg.block_size]
@@ -477,7 +480,7 @@ def bench_kv():
               f"{describe_variant(cfg)}; {config['kv_sequences']} val sequences x {length} tokens"
               f"{note}", flush=True)
         full = None
-        for label, settings in kv_rows(cfg):
+        for label, settings in kv_rows(cfg, (ckpt.get('config') or {}).get('xl_memory', 0)):
             t0 = time.perf_counter()
             nll, cache = teacher_forced(model, ids, **settings)
             seconds = time.perf_counter() - t0

@@ -535,7 +535,11 @@ def _setup(model, batch_size, use_cache, context_window, window_chunk, kv_cache_
            kv_budget, kv_sink):
     """Check the settings; return the context window and a cache (None without one)."""
     cfg = model.config
-    window = min(context_window or cfg.block_size, cfg.block_size)
+    window = context_window or cfg.block_size
+    if cfg.pos_emb == 'learned':  # a position table has block_size rows: no further back
+        window = min(window, cfg.block_size)
+    # rope/none may look further back than block_size: a model trained with xl_memory=M saw
+    # block_size + M tokens back; any other model then reads at distances it never trained on
     if window < 1:
         raise ValueError(f"context_window must be >= 1, got {context_window}")
     if not 1 <= window_chunk <= window:

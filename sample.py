@@ -39,7 +39,7 @@ device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
 dtype = 'auto'  # auto (CPU: float32, fastest for decoding; GPU: bf16/fp16), float32, bfloat16, float16
 compile = False  # torch.compile the model (pays off only for long generations)
 use_cache = True  # KV cache; False recomputes the whole context per token (nanoGPT's way)
-context_window = 0  # tokens of context each prediction sees (0 = block_size)
+context_window = 0  # tokens of context each prediction sees (0 = block_size, + xl_memory if trained with it)
 window_chunk = 1  # past the window: 1 = exact nanoGPT cropping, more = faster (see README)
 kv_cache_dtype = 'auto'  # KV cache storage: auto (as computed), int8, fp8 or int4 (README: How low can the KV cache go)
 kv_budget = 0  # tokens each layer's cache keeps: the most attended plus a recent window (0 = all)
@@ -88,9 +88,15 @@ except ValueError as e:
 ctx = autocast_context(device_type, dtype)
 
 try:
-    model, meta, _ = load_model(init_from, out_dir, checkpoint_name, device)
+    model, meta, train_config = load_model(init_from, out_dir, checkpoint_name, device)
 except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
     fail(e)
+xl_memory = (train_config or {}).get('xl_memory', 0)
+if xl_memory and not context_window:
+    # a TransformerXL-trained model saw block_size + xl_memory tokens back: decode with as many
+    context_window = model.config.block_size + xl_memory
+    print(f"note: trained with xl_memory={xl_memory}: context_window={context_window} "
+          f"(block_size + xl_memory); pass --context_window to change it", file=sys.stderr)
 if compile:
     model.compile(dynamic=True)  # in place: generate_stream's self(...) calls go through it
 try:

@@ -306,11 +306,12 @@ def test_decoding_past_block_size_is_the_banded_forward(name):
     assert (crop[0, -1] - ours[0, -1]).abs().max() > 1e-3
 
 
-def test_context_window_is_the_band_for_rope_and_none():
+@pytest.mark.parametrize("W", [6, 24])
+def test_context_window_is_the_band_for_rope_and_none(W):
     """context_window=W bounds every prediction of a rope/none model to W tokens back at every
-    layer: the hand-written forward with band W, greedy, for a ragged batch."""
+    layer: the hand-written forward with band W, greedy, for a ragged batch. W may exceed
+    block_size (16 here; how an XL-trained model decodes with the context it trained on)."""
     model = randomize(tiny_model(**VARIANTS["all"]))
-    W = 6
     prompts = [random_batch(1, 3, seed=7)[0].tolist(), random_batch(1, 9, seed=8)[0].tolist()]
     cached = [t.tolist() for t in model.generate_stream(prompts, 20, temperature=0, context_window=W)]
     for row, prompt in enumerate(prompts):

@@ -27,7 +27,7 @@ from torch.testing import assert_close
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from conftest import error_lines, run_train  # noqa: E402
+from conftest import error_lines, run_script, run_train  # noqa: E402
 import textdata  # noqa: E402
 from engine import LinearState, _left_pad  # noqa: E402
 from linear_attention import causal_linear_attention, feature_map, linear_attention_step  # noqa: E402
@@ -108,6 +108,16 @@ def test_xl_training_resumes_exactly(char_dataset, tmp_path):
     later = {k: v for k, v in losses(forgetful).items() if int(k) > 3}
     assert later and all(v != expected[k] for k, v in later.items())
     assert "training continues from an empty memory" in result.stderr
+
+    # sample.py decodes an XL-trained model with the context it trained on: block_size (32)
+    # + xl_memory (48) tokens back, as if --context_window=80 were given
+    common = [f"--out_dir={straight}", "--checkpoint_name=last.pt", "--device=cpu",
+              "--max_new_tokens=120", "--num_samples=1", "--temperature=0.8", "--seed=3"]
+    default = run_script("sample.py", *common, cwd=tmp_path)
+    explicit = run_script("sample.py", *common, "--context_window=80", cwd=tmp_path)
+    assert default.returncode == 0 and explicit.returncode == 0, default.stderr + explicit.stderr
+    assert "context_window=80 (block_size + xl_memory)" in default.stderr
+    assert default.stdout == explicit.stdout
 
 
 @pytest.mark.parametrize("args, message", [
