@@ -198,3 +198,18 @@ def trained_run(char_dataset, tmp_path_factory):
     result = run_train(char_dataset, out_dir, "--max_iters=20", "--eval_interval=10", cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     return out_dir, result
+
+
+@pytest.fixture
+def recorded_logits(monkeypatch):
+    """Every (B, V) logits tensor engine.generate_stream hands to sample_next, in order."""
+    import engine
+    seen = []
+    real = engine.sample_next
+
+    def recording(logits, *args, **kwargs):
+        seen.append(logits.detach().clone())
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "sample_next", recording)
+    return seen

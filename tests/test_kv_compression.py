@@ -54,20 +54,6 @@ def step_logits(model, ids, **cache_settings):
     return torch.stack(out, dim=1), cache
 
 
-@pytest.fixture
-def recorded_logits(monkeypatch):
-    """Every (B, V) logits tensor generate_stream hands to sample_next, in order."""
-    seen = []
-    real = engine.sample_next
-
-    def recording(logits, *args, **kwargs):
-        seen.append(logits.detach().clone())
-        return real(logits, *args, **kwargs)
-
-    monkeypatch.setattr(engine, "sample_next", recording)
-    return seen
-
-
 # ----------------------------------------------------------------------------- storage formats
 
 @pytest.mark.parametrize("cache_dtype", ["int8", "int4"])

@@ -27,7 +27,6 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import engine  # noqa: E402
 from engine import KVCache, filter_logits, sample_next  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from conftest import needs_gpt2_bpe, randomize_weights, skip_without_gpt2_bpe  # noqa: E402
@@ -76,20 +75,6 @@ def stream_tokens(model, prompts, max_new_tokens, **kwargs):
     """generate_stream's tokens as one list per row."""
     steps = list(model.generate_stream(prompts, max_new_tokens, temperature=0, **kwargs))
     return torch.stack(steps, dim=1).tolist() if steps else [[] for _ in prompts]
-
-
-@pytest.fixture
-def recorded_logits(monkeypatch):
-    """Every (B, V) logits tensor generate_stream hands to sample_next, in order."""
-    seen = []
-    real = engine.sample_next
-
-    def recording(logits, *args, **kwargs):
-        seen.append(logits.detach().clone())
-        return real(logits, *args, **kwargs)
-
-    monkeypatch.setattr(engine, "sample_next", recording)
-    return seen
 
 
 # ----------------------------------------------------------------------------- KV cache parity

@@ -703,21 +703,12 @@ def test_ddp_rank_killed_fails_the_job_naming_the_rank_then_resume(char_dataset,
     log = tmp_path / "run.log"
     args = train_args(char_dataset, out_dir, "--gradient_accumulation_steps=2", "--max_iters=100000",
                       "--eval_interval=100000", "--checkpoint_interval=4")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                 "--nproc_per_node=2", str(REPO / "train.py"), *args], cwd=tmp_path,
-                                env=script_env(), stdout=out, stderr=subprocess.STDOUT)
+    proc = start_torchrun(*args, cwd=tmp_path, log=log)
     try:
-        wait_for(lambda: "last.pt (iteration 4)" in log.read_text(), 120, "the first last.pt", proc)
-        workers = {rank_of(p): p for p in children(proc.pid) if rank_of(p) is not None}
-        assert set(workers) == {0, 1}, workers
-        os.kill(workers[1], signal.SIGKILL)
+        kill_rank_1_after_the_first_last_pt(proc, log)
         code = proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            for p in children(proc.pid):
-                os.kill(p, signal.SIGKILL)
-            proc.kill()
+        stop_group(proc)
     output = log.read_text()
     assert code != 0
     # torchrun's summary names the rank that died and how
@@ -749,6 +740,14 @@ def stop_group(proc):
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def kill_rank_1_after_the_first_last_pt(proc, log):
+    """As a crash would: once last.pt of iteration 4 is written, SIGKILL rank 1's process."""
+    wait_for(lambda: "last.pt (iteration 4)" in log.read_text(), 120, "the first last.pt", proc)
+    workers = {rank_of(p): p for p in children(proc.pid) if rank_of(p) is not None}
+    assert set(workers) == {0, 1}, workers
+    os.kill(workers[1], signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -817,10 +816,7 @@ def test_elastic_restart_after_a_killed_rank_ends_with_the_uninterrupted_weights
                                       "--init_from=auto"), cwd=tmp_path, log=log,
                           torchrun_args=("--standalone", "--nproc_per_node=2", "--max-restarts=1"))
     try:
-        wait_for(lambda: "last.pt (iteration 4)" in log.read_text(), 120, "the first last.pt", proc)
-        workers = {rank_of(p): p for p in children(proc.pid) if rank_of(p) is not None}
-        assert set(workers) == {0, 1}, workers
-        os.kill(workers[1], signal.SIGKILL)
+        kill_rank_1_after_the_first_last_pt(proc, log)
         code = proc.wait(timeout=240)
     finally:
         stop_group(proc)
