@@ -492,13 +492,13 @@ class LinearState:
         self.length += T
 
 
-@torch.inference_mode()  # cheaper than no_grad: no version counters on decode tensors
 def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                     generator=None, use_cache=True, context_window=None, window_chunk=1,
                     kv_cache_dtype='auto', kv_budget=0, kv_sink=0):
     """
-    Yield the next token of every row, (B,) int64, max_new_tokens times. See
-    GPT.generate_stream for the arguments.
+    An iterator of the next token of every row, (B,) int64, max_new_tokens times. See
+    GPT.generate_stream for the arguments. Not a generator itself: a bad setting raises here,
+    at the call, before a caller has printed anything.
     """
     seqs = [list(map(int, row)) for row in (prompts.tolist() if torch.is_tensor(prompts)
                                             else prompts)]
@@ -506,9 +506,9 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None,
         raise ValueError("every prompt needs at least one token")
     window, cache = _setup(model, len(seqs), use_cache, context_window, window_chunk,
                            kv_cache_dtype, kv_budget, kv_sink)
-    yield from _decode(model, seqs, max_new_tokens, cache, window, window_chunk,
-                       lambda logits: sample_next(logits.float(), temperature, top_k, top_p,
-                                                  generator))
+    return _decode(model, seqs, max_new_tokens, cache, window, window_chunk,
+                   lambda logits: sample_next(logits.float(), temperature, top_k, top_p,
+                                              generator))
 
 
 @torch.inference_mode()
@@ -568,6 +568,7 @@ def _setup(model, batch_size, use_cache, context_window, window_chunk, kv_cache_
     return window, KVCache.for_model(cfg, batch_size, window, kv_cache_dtype, kv_budget, kv_sink)
 
 
+@torch.inference_mode()  # cheaper than no_grad: no version counters on decode tensors
 def _decode(model, seqs, steps, cache, window, window_chunk, pick):
     """The decode loop: `steps` times, the logits of every row's next token, (B, V), go to
     pick, whose (B,) tokens are appended to seqs (lists, grown in place) and yielded."""

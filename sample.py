@@ -157,13 +157,13 @@ def generate(prompts, settings, show_stream):
     """Generate settings['num_samples'] samples per prompt as one batch; return the TextSamples."""
     rows = [p for p in prompts for _ in range(settings['num_samples'])]
     samples = [TextSample(p, tokenizer, stop, stop_ids) for p in rows]
-    if show_stream:
-        print(rows[0], end='', flush=True)
-    stream_iter = model.generate_stream(
+    stream_iter = model.generate_stream(  # a bad setting raises here, before any output
         [encode(p) for p in rows], settings['max_new_tokens'], settings['temperature'],
         settings['top_k'] or None, settings['top_p'], use_cache=use_cache,
         context_window=context_window or None, window_chunk=window_chunk,
         kv_cache_dtype=kv_cache_dtype, kv_budget=kv_budget, kv_sink=kv_sink)
+    if show_stream:
+        print(rows[0], end='', flush=True)
     try:
         with ctx, contextlib.closing(decode_samples(samples, stream_iter)) as steps:
             for _ in steps:

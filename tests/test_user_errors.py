@@ -124,6 +124,15 @@ def test_prompt_file_not_utf8(trained_run, tmp_path):
     assert "latin1.txt is not valid UTF-8 (byte 2" in message and "re-save it as UTF-8" in message
 
 
+def test_a_cache_setting_the_model_cannot_take_fails_before_any_output(trained_run, tmp_path):
+    """kv_sink on a learned-position model: one line, and not a word of the sample (the prompt
+    used to be printed first, as the stream starts)."""
+    result = run_script("sample.py", f"--out_dir={trained_run[0]}", "--device=cpu", "--kv_sink=2",
+                        "--start=Sancho", "--num_samples=1", cwd=tmp_path)  # one sample streams
+    assert "kv_sink needs pos_emb 'rope' or 'none'" in one_line_error(result)
+    assert result.stdout == ""
+
+
 # ----------------------------------------------------------------------------- offline hub
 
 def offline_env(tmp_path):
