@@ -231,6 +231,9 @@ def describe(s, r):
 def kv_bytes_per_token(cfg, dtype):
     """What one sequence's full KV cache (block_size tokens of context) holds, per token."""
     itemsize = getattr(torch, dtype).itemsize  # the cache holds what autocast computes
+    if cfg.attention == 'linear':  # no KV cache: a fixed state per layer, whatever the length
+        from engine import LinearState
+        return f"none: linear attention's state {LinearState.for_model(cfg, 1).nbytes():,} bytes"
     slots = sum(KVCache.for_model(cfg, 1, cfg.block_size).capacities)
     total = slots * 2 * cfg.kv_heads * (cfg.n_embd // cfg.n_head) * itemsize  # keys and values
     return f"{total / cfg.block_size:,.0f} bytes/token ({total / 1024:,.0f} KiB at block_size)"
@@ -342,9 +345,10 @@ def check_against_reference(model, out):
     cfg = model.config
     if cfg.pos_emb == 'learned':
         out = out[:, :cfg.block_size + 1]  # the first block_size + 1 tokens: no crop yet
-    logits, _ = model(out[:, :-1], all_logits=True, band=cfg.block_size)  # (1, T, V)
+    band = 0 if cfg.attention == 'linear' else cfg.block_size  # linear: every earlier token
+    logits, _ = model(out[:, :-1], all_logits=True, band=band)  # (1, T, V)
     agree = (logits.argmax(dim=-1) == out[:, 1:]).float().mean().item()
-    print(f"greedy tokens equal to the {'banded full forward' if cfg.pos_emb != 'learned' else 'full forward'} "
+    print(f"greedy tokens equal to the {'banded full forward' if band and cfg.pos_emb != 'learned' else 'full forward'} "
           f"at {agree * 100:.1f}% of {out.size(1) - 1} steps")
     if agree < 1:
         sys.exit("error: the cached tokens differ from the reference")

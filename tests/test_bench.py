@@ -54,6 +54,14 @@ def test_generate_bench_of_a_variant_checks_tokens_and_compares_with_transformer
     assert "window_chunk" not in out  # learned positions only
 
 
+def test_generate_bench_of_a_linear_attention_model():
+    """No KV cache but a fixed state: its size is printed (2 layers x 2 heads x (16 x 16 + 16)
+    fp32 numbers), and the decoded tokens are checked against the full forward, no band."""
+    out = bench("--mode=generate", "--attention=linear", "--pos_emb=none")
+    assert "linear attention's state 4,352 bytes" in out, out
+    assert "greedy tokens equal to the full forward at 100.0% of 40 steps" in out, out
+
+
 def test_train_bench_takes_the_variant_settings():
     out = bench("--kv_share=2", "--n_kv_head=1", "--pos_emb=none")
     assert "pos_emb='none', n_kv_head=1, kv_share=2" in out, out
