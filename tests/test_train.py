@@ -577,6 +577,25 @@ def test_ddp_trains_on_the_same_batches_as_one_process_and_resumes_across_world_
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
+def test_xl_memory_under_ddp_trains_as_one_process(char_dataset, tmp_path):
+    """Sequential batches with TransformerXL memory: each rank carries the memories of its own
+    micro-batches, so 1 process x 2 micro-batches and 2 processes x 1 log the same losses and
+    evals (the eval reads the val split in order with its memory on every rank)."""
+    common = ("--gradient_accumulation_steps=2", "--dropout=0.0", "--eval_interval=5",
+              "--learning_rate=2e-3", "--max_iters=10", "--pos_emb=rope",
+              "--data_order=sequential", "--xl_memory=16")
+    one = run_train(char_dataset, tmp_path / "one", *common, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(*train_args(char_dataset, tmp_path / "two", *common), cwd=tmp_path)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    rows = [[float(r["loss"]) for r in train_rows(tmp_path / run / "log.csv")] for run in ("one", "two")]
+    assert len(rows[0]) == len(rows[1]) == 10
+    assert max(abs(a - b) for a, b in zip(*rows)) < 1e-5, rows
+    evals = [[float(r["val_loss"]) for r in eval_rows(tmp_path / run / "log.csv")] for run in ("one", "two")]
+    assert len(evals[0]) == 3 and max(abs(a - b) for a, b in zip(*evals)) < 1e-5, evals
+
+
 def free_port():
     import socket
     with socket.socket() as sock:
