@@ -32,9 +32,20 @@ def pick_device(device="auto"):
     return device
 
 
+CPU_BF16_ENV = "NANOGPT_CPU_BF16"  # 1 / 0: answer the bf16 check below yes / no on any CPU
+
+
 def cpu_has_fast_bf16():
     """True when the CPU has bf16 matrix instructions (AMX or AVX512-BF16), where bf16 matmuls
-    run several times faster than fp32. Elsewhere bf16 is emulated and slower than fp32."""
+    run several times faster than fp32. Elsewhere bf16 is emulated and slower than fp32.
+    NANOGPT_CPU_BF16=1 or 0 overrides the answer, so a CPU of either kind can run the other's
+    path (the test suite runs its dtype-dependent tests both ways; emulated bf16 is slow but
+    correct)."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 units), 0 (none) or leave it unset")
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

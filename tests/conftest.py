@@ -115,6 +115,9 @@ def randomize_weights(model, seed=0, std=0.3):
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s or starts torchrun; "
                                        "still run in CI, deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "cpu_bf16: depends on whether the CPU has bf16 units "
+                                       "(dtype='auto'); .ci/run also runs these with "
+                                       "NANOGPT_CPU_BF16=1 and =0")
 
 
 def make_text(n_chars=40_000, seed=0):

@@ -63,7 +63,7 @@ def test_generate_bench_of_a_linear_attention_model():
 
 
 def test_train_bench_takes_the_variant_settings():
-    out = bench("--kv_share=2", "--n_kv_head=1", "--pos_emb=none")
+    out = bench("--kv_share=2", "--n_kv_head=1", "--pos_emb=none", "--dtype=float32")
     assert "pos_emb='none', n_kv_head=1, kv_share=2" in out, out
     # 2 layers sharing one set of 1 kv head of 16 dims: 2 x 16 x 4 bytes per token
     assert "KV cache 128 bytes/token (4 KiB at block_size)" in out, out
@@ -74,8 +74,36 @@ def test_train_bench_takes_the_variant_settings():
         ["error: n_kv_head=3 must divide n_head=2 (0 = n_head, 1 = multi-query)"], bad.stderr
 
 
+@pytest.mark.cpu_bf16
+def test_train_bench_with_dtype_auto_reports_what_this_cpu_runs():
+    """dtype='auto' trains in bf16 where the CPU has bf16 units (or NANOGPT_CPU_BF16=1 says so)
+    and in fp32 elsewhere; the KV cache it reports is in that dtype: 2 or 4 bytes a number."""
+    from runtime import cpu_has_fast_bf16
+    out = bench("--kv_share=2", "--n_kv_head=1", "--pos_emb=none")
+    if cpu_has_fast_bf16():
+        assert "cpu bfloat16" in out and "KV cache 64 bytes/token (2 KiB at block_size)" in out, out
+    else:
+        assert "cpu float32" in out and "KV cache 128 bytes/token (4 KiB at block_size)" in out, out
+
+
+@pytest.mark.cpu_bf16
+def test_the_bf16_switch_answers_the_cpu_check(monkeypatch):
+    """NANOGPT_CPU_BF16=1 / 0 makes dtype='auto' pick bf16 / fp32 for CPU training on any CPU;
+    generation stays fp32 either way; another value is one clear error."""
+    from runtime import CPU_BF16_ENV, cpu_has_fast_bf16, pick_dtype
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert cpu_has_fast_bf16() and pick_dtype("auto", "cpu") == "bfloat16"
+    assert pick_dtype("auto", "cpu", training=False, quiet=True) == "float32"
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    assert not cpu_has_fast_bf16() and pick_dtype("auto", "cpu", quiet=True) == "float32"
+    monkeypatch.setenv(CPU_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="NANOGPT_CPU_BF16='yes': use 1"):
+        cpu_has_fast_bf16()
+
+
+@pytest.mark.cpu_bf16
 @pytest.mark.skipif(not __import__("runtime").cpu_has_fast_bf16(),
-                    reason="this CPU has no bf16 matrix units: dtype=auto is fp32 here")
+                    reason="this CPU has no bf16 matrix units (NANOGPT_CPU_BF16=1 runs it anyway)")
 def test_bf16_cpu_training_tracks_fp32():
     """The same 150 steps in bf16 autocast and in fp32: both learn, and end close together."""
     from model import GPT, GPTConfig
