@@ -88,12 +88,11 @@ out_dirs = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--out_dir=
 
 import os  # noqa: E402
 
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint  # noqa: E402
-from engine import KVCache  # noqa: E402
+from smallgpt.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from smallgpt.kvcache import KVCache  # noqa: E402
 from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
-from runtime import autocast_context, measure_peak_flops, pick_device, pick_dtype, \
-    reuse_freed_memory, sync  # noqa: E402
-from textdata import count_tokens, load_meta, sample_batch  # noqa: E402
+from smallgpt.device import (autocast_context, measure_peak_flops, pick_device, pick_dtype, reuse_freed_memory, sync)  # noqa: E402
+from smallgpt.dataloader import count_tokens, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share',
@@ -151,7 +150,7 @@ class Runner:
         vocab = self.meta['vocab_size'] if self.meta else s['vocab_size']
         if s['checkpoint']:  # its model_args decide the shape and the variant
             try:
-                model = model_from_checkpoint(load_checkpoint(s['checkpoint'], 'cpu'),
+                model = GPT.from_checkpoint(load_checkpoint(s['checkpoint'], 'cpu'),
                                               dropout=s['dropout'], path=s['checkpoint'])
             except CheckpointError as e:
                 sys.exit(f"error: {e}")
@@ -232,7 +231,7 @@ def kv_bytes_per_token(cfg, dtype):
     """What one sequence's full KV cache (block_size tokens of context) holds, per token."""
     itemsize = getattr(torch, dtype).itemsize  # the cache holds what autocast computes
     if cfg.attention == 'linear':  # no KV cache: a fixed state per layer, whatever the length
-        from engine import LinearState
+        from smallgpt.kvcache import LinearState
         return f"none: linear attention's state {LinearState.for_model(cfg, 1).nbytes():,} bytes"
     slots = sum(KVCache.for_model(cfg, 1, cfg.block_size).capacities)
     total = slots * 2 * cfg.kv_heads * (cfg.n_embd // cfg.n_head) * itemsize  # keys and values
@@ -360,7 +359,7 @@ def exported_to_transformers(model):
     import tempfile
     try:
         import transformers
-        from hf_gpt2 import save_hf
+        from smallgpt.hf.convert import save_hf
     except ImportError as e:
         print(f"note: no transformers comparison ({e})")
         return None
@@ -429,7 +428,8 @@ def val_sequences(run_config, meta, n, length, device):
 def quantisation_errors(model, ids):
     """Relative RMS error of each storage format on this model's real keys and values: the
     full cache after the first block_size tokens, every layer."""
-    from engine import roundtrip, teacher_forced
+    from smallgpt.kvcache import roundtrip
+    from smallgpt.generate import teacher_forced
     _, cache = teacher_forced(model, ids[:, :model.config.block_size + 1])
     formats = {'int8 absmax/token': 'int8', 'fp8 e4m3/token': 'fp8', 'int4 g32 rotated': 'int4'}
     errors = {}
@@ -452,7 +452,7 @@ def asymmetric_int8_error(x):
 
 
 def engine_int4(x, rotate):
-    from engine import Int4Store
+    from smallgpt.kvcache import Int4Store
     store = Int4Store(tuple(x.shape), x.dtype, x.device, rotate=rotate)
     store[:, :, :] = x
     return store[:, :, :]
@@ -461,7 +461,7 @@ def engine_int4(x, rotate):
 def bench_kv():
     """Each run's next-token loss on its val split through the cache, one token at a time, for
     each compressed-cache setting: a Markdown table and kv_frontier.png (bits/token vs loss)."""
-    from engine import teacher_forced
+    from smallgpt.generate import teacher_forced
     if not out_dirs:
         sys.exit("error: --mode=kv needs a trained run: --out_dir=RUN (repeat for several)")
     dev = pick_device(device)
@@ -470,7 +470,7 @@ def bench_kv():
         path = os.path.join(run, 'ckpt.pt')
         try:
             ckpt = load_checkpoint(path, 'cpu')
-            model = model_from_checkpoint(ckpt, dropout=0.0, path=path).to(dev).eval()
+            model = GPT.from_checkpoint(ckpt, dropout=0.0, path=path).to(dev).eval()
         except CheckpointError as e:
             sys.exit(f"error: {e}")
         cfg = model.config
@@ -518,7 +518,7 @@ def describe_variant(cfg):
 
 
 def plot_frontier(points):
-    from runlog import import_matplotlib, save_figure
+    from smallgpt.runlog import import_matplotlib, save_figure
     make_figure = import_matplotlib()
     if make_figure is None:
         return

@@ -11,7 +11,7 @@ byte, token count, and accuracy on line datasets.
 A plain dataset (or --text) is read in order, whole, in windows of block_size tokens that start
 every `stride` tokens; each token is scored once (evaluation.sliding_windows). A line dataset
 is read one line per window, as train.py trains on it. How bytes are counted for bits per byte:
-evaluation.py's docstring. --json=True prints one JSON object (loss, perplexity, bits_per_byte,
+smallgpt/metrics.py's docstring. --json=True prints one JSON object (loss, perplexity, bits_per_byte,
 tokens, bytes, and accuracy for line datasets) and nothing else on stdout.
 """
 
@@ -45,11 +45,14 @@ from configurator import configure  # noqa: E402
 
 configure(globals(), echo=False)  # stdout is the result (one JSON object with --json=True)
 
-from checkpoint import load_model  # noqa: E402
-from evaluation import evaluate_lines, evaluate_tokens, line_accuracy, token_byte_lengths  # noqa: E402
-from linedata import LineDataset, is_line_dataset  # noqa: E402
-from runtime import autocast_context, pick_device, pick_dtype  # noqa: E402
-from textdata import Tokenizer, count_tokens, load_meta, read_utf8  # noqa: E402
+from model import GPT  # noqa: E402
+from smallgpt.checkpoint import load_model  # noqa: E402
+from smallgpt.metrics import evaluate_lines, evaluate_tokens, line_accuracy, token_byte_lengths  # noqa: E402
+from smallgpt.lines import LineDataset, is_line_dataset  # noqa: E402
+from smallgpt.device import autocast_context, pick_device, pick_dtype  # noqa: E402
+from smallgpt.tokenizer import Tokenizer  # noqa: E402
+from smallgpt.dataloader import count_tokens, load_meta  # noqa: E402
+from smallgpt.prepare import read_utf8  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -79,7 +82,7 @@ try:
     device = pick_device(device)
     device_type = 'cuda' if 'cuda' in device else device
     dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
-    model, meta, trained = load_model(init_from, out_dir, checkpoint_name, device)
+    model, meta, trained = load_model(GPT, init_from, out_dir, checkpoint_name, device)
     tokenizer = Tokenizer.from_meta(meta)
 except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
     fail(e)

@@ -10,7 +10,7 @@ attn_window for every layer) a Starcoder2. AutoModelForCausalLM loads either.
 `python export.py --help` lists every setting below. Needs transformers; runs on the CPU, offline.
 
 Character-level models export too; their ids are the dataset's own vocabulary (meta.json), so
-no Hugging Face tokenizer is written for them. See hf_gpt2.py and hf_starcoder2.py for what can
+no Hugging Face tokenizer is written for them. See smallgpt/hf/gpt2.py and smallgpt/hf/starcoder2.py for what can
 and cannot be exported.
 """
 
@@ -32,9 +32,10 @@ from configurator import configure  # noqa: E402
 
 configure(globals())
 
-from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,  # noqa: E402
-                        resolve_name)
-from hf_gpt2 import GPT2_BPE_VOCAB_SIZES, save_hf  # noqa: E402
+from model import GPT  # noqa: E402
+from smallgpt.checkpoint import (CheckpointError, load_checkpoint, resolve_name)  # noqa: E402
+from smallgpt.hf.common import GPT2_BPE_VOCAB_SIZES  # noqa: E402
+from smallgpt.hf.convert import save_hf  # noqa: E402
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
 
@@ -51,7 +52,7 @@ if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
     fail(f"--hf_dir={hf_dir} is a file, not a folder; pass another --hf_dir")
 try:
     checkpoint = load_checkpoint(ckpt_path, 'cpu')
-    model = model_from_checkpoint(checkpoint)
+    model = GPT.from_checkpoint(checkpoint)
 except CheckpointError as e:
     fail(e)
 model.eval()

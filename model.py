@@ -25,8 +25,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-import engine
-from linear_attention import causal_linear_attention, feature_map
+from smallgpt import generate
+from smallgpt.checkpoint import CheckpointError, clean_state_dict
+from smallgpt.hf.convert import load_hf
+from smallgpt.linear_attention import causal_linear_attention, feature_map
 
 # nanoGPT's checkpoints store exactly these model_args; keep them so either repo reads the other's.
 NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
@@ -49,7 +51,7 @@ class GPTConfig:
     attn_window: int = 0     # tokens a windowed layer sees, itself included (0 = full causal)
     window_pattern: str = "" # 'S' windowed / 'L' full per layer, repeated ('' = all windowed)
     kv_share: int = 1        # this many neighbouring layers share one set of keys/values
-    attention: str = "softmax"  # 'softmax', or 'linear' (elu+1 kernel, linear_attention.py)
+    attention: str = "softmax"  # 'softmax', or 'linear' (elu+1 kernel, smallgpt/linear_attention.py)
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -191,7 +193,7 @@ class CausalSelfAttention(nn.Module):
         """x (B, T, C) -> (y (B, T, C), (k, v)): the keys and values this layer attended to,
         (B, n_kv_head, S, hd), for the next layers of its kv_share group. `rope` is
         (cos, sin) from rope_angles; `shared_kv` the group's (k, v) when this layer has no c_attn;
-        band > 0 narrows what a query sees to its last `band` tokens (engine.py's reference);
+        band > 0 narrows what a query sees to its last `band` tokens (smallgpt/generate.py's reference);
         `memory` an XLMemory whose keys and values come before x's."""
         B, T, C = x.size()
         nh, hd = self.n_head, self.head_dim
@@ -251,8 +253,8 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y)), kv
 
     def _attend_linear(self, qkv, cache, band):
-        """Linear attention (linear_attention.py) of the whole input, or continuing the state a
-        LinearState (engine.py) holds; it has no band: every token sees all before it."""
+        """Linear attention (smallgpt/linear_attention.py) of the whole input, or continuing the state a
+        LinearState (smallgpt/generate.py) holds; it has no band: every token sees all before it."""
         assert band == 0, f"linear attention sees every earlier token, got band={band}"
         B, T, C = qkv.size(0), qkv.size(1), self.n_embd
         q, k, v = self._split_heads(qkv, None)
@@ -457,7 +459,7 @@ class GPT(nn.Module):
         """
         idx (B, T) token ids. With targets (B, T): logits for every position and the mean
         cross-entropy (targets == -1 are ignored). Without: logits of the last position only,
-        (B, 1, V), unless all_logits. With a KVCache (engine.py) the tokens continue what it
+        (B, 1, V), unless all_logits. With a KVCache (smallgpt/generate.py) the tokens continue what it
         holds. band > 0: every layer sees at most the last `band` tokens (and its own window);
         with rope/none positions such a forward may be longer than block_size. With an
         XLMemory (TransformerXL, rope/none only) every layer also attends to the keys and values
@@ -548,15 +550,34 @@ class GPT(nn.Module):
         self.transformer.wpe.num_embeddings = block_size
 
     @classmethod
+    def from_checkpoint(cls, ckpt, dropout=None, path="the checkpoint"):
+        """The GPT a checkpoint dict (smallgpt.checkpoint.load_checkpoint) describes, with its
+        weights loaded (strict). A mismatch is a one-line CheckpointError."""
+        try:
+            args = dict(ckpt["model_args"])
+            if dropout is not None:
+                args["dropout"] = dropout
+            config = GPTConfig(**args)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: model_args not understood by this model.py ({e})") from None
+        model = cls(config)
+        try:
+            model.load_state_dict(clean_state_dict(ckpt["model"]))
+        except (RuntimeError, TypeError, AttributeError) as e:
+            first = str(e).strip().splitlines()
+            detail = " ".join(line.strip() for line in first[:2])[:200]
+            raise CheckpointError(f"{path}: the weights don't match its model_args ({detail})") from None
+        return model
+
+    @classmethod
     def from_pretrained(cls, model_type, override_args=None):
         """GPT-2 weights ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' or a local Hugging Face
         GPT-2 directory) via transformers. Only dropout may be overridden."""
-        from hf_gpt2 import load_hf_gpt2  # transformers is only needed on this path
         override_args = override_args or {}
         unknown = set(override_args) - {"dropout"}
         if unknown:
             raise ValueError(f"from_pretrained can only override dropout, not {sorted(unknown)}")
-        config_args, state = load_hf_gpt2(model_type)
+        config_args, state = load_hf(model_type)
         config_args.update(override_args)
         model = cls(GPTConfig(**config_args))
         model.load_state_dict(state)
@@ -607,7 +628,7 @@ class GPT(nn.Module):
                         generator=None, use_cache=True, context_window=None, window_chunk=1,
                         kv_cache_dtype='auto', kv_budget=0, kv_sink=0):
         """
-        Yield the next token of every row, (B,) int64, max_new_tokens times (engine.py).
+        Yield the next token of every row, (B,) int64, max_new_tokens times (smallgpt/generate.py).
 
         prompts: a (B, T) tensor or a list of B token lists (lengths may differ: left-padded).
         Each token is predicted from at most `context_window` (default block_size) tokens back:
@@ -627,7 +648,7 @@ class GPT(nn.Module):
         tokens per layer (heavy hitters plus a recent window); kv_sink > 0 keeps the first
         tokens when a rope/none model's cache rolls past context_window.
         """
-        return engine.generate_stream(self, prompts, max_new_tokens, temperature, top_k, top_p,
+        return generate.generate_stream(self, prompts, max_new_tokens, temperature, top_k, top_p,
                                       generator=generator, use_cache=use_cache,
                                       context_window=context_window, window_chunk=window_chunk,
                                       kv_cache_dtype=kv_cache_dtype, kv_budget=kv_budget,

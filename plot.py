@@ -15,7 +15,7 @@ import math
 import os
 
 from configurator import make_folder
-from runlog import import_matplotlib, read_log, save_figure
+from smallgpt.runlog import import_matplotlib, read_log, save_figure
 
 
 def find_log(path):

@@ -50,12 +50,13 @@ from configurator import configure  # noqa: E402
 
 configure(globals(), echo=False)  # stdout is only the generated text
 
-from checkpoint import load_model  # noqa: E402
-from runtime import autocast_context, pick_device, pick_dtype  # noqa: E402
-from engine import TextSample, decode_samples  # noqa: E402
-from textdata import EOT_TEXT, Tokenizer, encode_prompt  # noqa: E402
-from interactive import setting_error  # noqa: E402
-from linedata import is_line_dataset  # noqa: E402
+from model import GPT  # noqa: E402
+from smallgpt.checkpoint import load_model  # noqa: E402
+from smallgpt.device import autocast_context, pick_device, pick_dtype  # noqa: E402
+from smallgpt.generate import TextSample, decode_samples  # noqa: E402
+from smallgpt.tokenizer import EOT_TEXT, Tokenizer, encode_prompt  # noqa: E402
+from smallgpt.interactive import setting_error  # noqa: E402
+from smallgpt.lines import is_line_dataset  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -88,7 +89,7 @@ except ValueError as e:
 ctx = autocast_context(device_type, dtype)
 
 try:
-    model, meta, train_config = load_model(init_from, out_dir, checkpoint_name, device)
+    model, meta, train_config = load_model(GPT, init_from, out_dir, checkpoint_name, device)
 except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
     fail(e)
 xl_memory = (train_config or {}).get('xl_memory', 0)
@@ -188,7 +189,7 @@ def run_once():
 
 
 if interactive:
-    from interactive import prompt_loop
+    from smallgpt.interactive import prompt_loop
     if not any(a.startswith('--num_samples=') for a in sys.argv[1:]):
         settings['num_samples'] = 1  # watch one completion stream; /num_samples N for more
     prompt_loop(generate, settings, encode)

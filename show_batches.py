@@ -30,7 +30,8 @@ from configurator import configure, fail  # noqa: E402
 
 configure(globals(), echo=False)
 
-from textdata import Tokenizer, count_tokens, load_meta, sample_batch, sequential_starts  # noqa: E402
+from smallgpt.tokenizer import Tokenizer  # noqa: E402
+from smallgpt.dataloader import count_tokens, load_meta, sample_batch, sequential_starts  # noqa: E402
 
 data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset)
 bin_path = os.path.join(data_dir, f'{split}.bin')

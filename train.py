@@ -104,13 +104,11 @@ config = configure(globals())
 # GPT-2 model's grows the model's context; the default keeps the model's own
 block_size_given = block_size != 1024 or any(a.startswith('--block_size=') for a in sys.argv[1:])
 
-from checkpoint import CheckpointError, fit_optimizer_state, load_checkpoint, model_from_checkpoint, \
-    peek_checkpoint, remove_stale_temp_files, resolve_name, save_checkpoint  # noqa: E402
+from smallgpt.checkpoint import (CheckpointError, fit_optimizer_state, load_checkpoint, peek_checkpoint, remove_stale_temp_files, resolve_name, save_checkpoint)  # noqa: E402
 from model import GPT, GPTConfig, XLMemory, set_fast_cpu  # noqa: E402
-from runtime import autocast_context, measure_peak_flops, note, pick_device, pick_dtype, \
-    reuse_freed_memory  # noqa: E402
-from linedata import LineDataset, is_line_dataset  # noqa: E402
-from textdata import count_tokens, eval_offsets, load_meta, sample_batch, sequential_starts  # noqa: E402
+from smallgpt.device import (autocast_context, measure_peak_flops, note, pick_device, pick_dtype, reuse_freed_memory)  # noqa: E402
+from smallgpt.lines import LineDataset, is_line_dataset  # noqa: E402
+from smallgpt.dataloader import (count_tokens, eval_offsets, load_meta, sample_batch, sequential_starts)  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -169,7 +167,7 @@ try:
                     for split in ('train', 'val')}
 except ValueError as e:
     fail(f"{e}" + (f": python {prepare}" if has_prepare else " with the script that made it"))
-line_data = None  # a line dataset (linedata.py): one line per window, padded to block_size
+line_data = None  # a line dataset (smallgpt/lines.py): one line per window, padded to block_size
 if is_line_dataset(meta):
     try:
         line_data = LineDataset(data_dir, meta, splits=('train', 'val'))
@@ -212,7 +210,7 @@ if ddp:
         torch.cuda.set_device(device)
     elif backend == 'nccl':
         backend = 'gloo'  # nccl is GPU-only
-    from distributed import init_process_group
+    from smallgpt.distributed import init_process_group
     init_process_group(backend)
     master_process = ddp_rank == 0
     seed_offset = ddp_rank
@@ -319,7 +317,7 @@ elif init_from == 'resume':
     ckpt_path = os.path.join(out_dir, resolve_name(resume_checkpoint_name))
     try:
         checkpoint = load_checkpoint(ckpt_path, device)
-        model = model_from_checkpoint(checkpoint, dropout=dropout, path=ckpt_path)
+        model = GPT.from_checkpoint(checkpoint, dropout=dropout, path=ckpt_path)
     except CheckpointError as e:
         fail(e)
     iter_num = checkpoint['iter_num']
@@ -334,7 +332,7 @@ elif init_from.startswith('gpt2') or os.path.isdir(init_from) or '/' in init_fro
         model = GPT.from_pretrained(init_from, dict(dropout=dropout))
     except (OSError, ValueError, RuntimeError) as e:
         fail(e)
-    if master_process:  # a Starcoder2 folder loads as a rotary model (hf_starcoder2.py)
+    if master_process:  # a Starcoder2 folder loads as a rotary model (smallgpt/hf/starcoder2.py)
         kind = 'Starcoder2' if model.config.pos_emb == 'rope' else 'GPT-2'
         print(f"initializing from {kind} weights: {init_from}")
 else:
@@ -413,7 +411,7 @@ if master_process and init_from != 'resume':
 model.to(device)
 set_fast_cpu(model, fast_cpu)
 if fsdp:  # before the optimizer: sharding turns the parameters into DTensors
-    from distributed import full_state, load_optimizer_state, shard_model
+    from smallgpt.distributed import full_state, load_optimizer_state, shard_model
     shard_model(model)
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
@@ -519,7 +517,7 @@ def measure_accuracy():
     """Exact-match accuracy of the greedy answers to the first eval_accuracy val lines (rank 0
     only, or every rank under FSDP, where a forward needs all ranks to gather the weights; greedy
     decoding draws no random numbers, so the run's random streams are untouched)."""
-    from evaluation import line_accuracy
+    from smallgpt.metrics import line_accuracy
     return line_accuracy(raw_model, line_data.tokenizer, accuracy_lines, line_data.separator,
                          meta['lines']['end_of_line'], ctx=ctx)['accuracy']
 
@@ -675,7 +673,7 @@ if checkpoint is not None:
 
 runlog = None
 if master_process:
-    from runlog import RunLog
+    from smallgpt.runlog import RunLog
     runlog = RunLog(out_dir, config, resume_iter=iter_num if init_from == 'resume' else None,
                     tensorboard=tensorboard_log, wandb=wandb_log, wandb_project=wandb_project,
                     wandb_run_name=wandb_run_name)

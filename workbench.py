@@ -12,11 +12,11 @@ The Python API, for notebooks and scripts: a few lines to prepare a task, train,
 
 What it is not: a second implementation. Training is train.py itself, started as a subprocess
 with --key=value overrides (so a notebook run and a command-line run are the same run); loading,
-sampling and evaluation call the modules the scripts use (checkpoint.py, engine.py,
-evaluation.py, linedata.py).
+sampling and evaluation call what the scripts use (model.py and the smallgpt package).
 
 Where things are: the scripts (train.py, data/*/prepare.py) are run from the checkout this file
-is in, so install it editable (`pip install -e .` in a clone). Dataset names mean folders under
+is in, so install it editable (`pip install -e .` in a clone): that installs the smallgpt package
+and this module; model.py stays a file of the checkout, which this module puts on sys.path. Dataset names mean folders under
 that checkout's data/ (the same as --dataset on the command line); a dataset with a '/' in it is
 a folder anywhere. Relative out_dir paths are relative to the current folder, as for the scripts.
 """
@@ -30,16 +30,21 @@ import time
 
 import torch
 
-from checkpoint import load_model
-from engine import TextSample, decode_samples
-from evaluation import evaluate_lines, evaluate_tokens, line_accuracy, token_byte_lengths
-from interactive import prompt_loop, setting_error
-from linedata import LineDataset, is_line_dataset
-from runlog import read_log
-from runtime import autocast_context, pick_device, pick_dtype
-from textdata import Tokenizer, encode_prompt, load_meta, read_utf8
-
 REPO = os.path.dirname(os.path.abspath(__file__))
+if REPO not in sys.path:  # imported from an install: model.py (the one students edit) is here
+    sys.path.insert(0, REPO)
+
+from model import GPT  # noqa: E402  (after the line above)
+from smallgpt.checkpoint import load_model
+from smallgpt.generate import TextSample, decode_samples
+from smallgpt.metrics import evaluate_lines, evaluate_tokens, line_accuracy, token_byte_lengths
+from smallgpt.interactive import prompt_loop, setting_error
+from smallgpt.lines import LineDataset, is_line_dataset
+from smallgpt.runlog import read_log
+from smallgpt.device import autocast_context, pick_device, pick_dtype
+from smallgpt.tokenizer import Tokenizer, encode_prompt
+from smallgpt.dataloader import load_meta
+from smallgpt.prepare import read_utf8
 DATA = os.path.join(REPO, 'data')
 
 
@@ -88,7 +93,7 @@ def _tail(stderr):
 # ----------------------------------------------------------------------------- training
 class Run(list):
     """The rows of a run's log.csv (dicts: iter, kind 'train'/'eval', loss, val_loss, accuracy,
-    ... as runlog.py writes them), with the run's folder."""
+    ... as smallgpt/runlog.py writes them), with the run's folder."""
 
     def __init__(self, rows, out_dir):
         super().__init__(rows)
@@ -174,7 +179,7 @@ def load(source='out', checkpoint_name='ckpt.pt', device='cpu', dtype='float32')
     device = pick_device(device)
     device_type = 'cuda' if 'cuda' in device else device
     dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
-    model, meta, config = load_model(source if is_hf else 'resume', source, checkpoint_name,
+    model, meta, config = load_model(GPT, source if is_hf else 'resume', source, checkpoint_name,
                                      device)
     return Model(model, Tokenizer.from_meta(meta), meta, config or {},
                  autocast_context(device_type, dtype))
@@ -249,7 +254,7 @@ class Model:
 
     def prompt(self, max_new_tokens=500, temperature=0.8, top_k=200, top_p=1.0, seed=1337,
                num_samples=1, stop='', stop_at_eot=False, stop_at_line_end=True):
-        """sample.py's interactive prompt loop (interactive.py) on this model; /quit leaves."""
+        """sample.py's interactive prompt loop (smallgpt/interactive.py) on this model; /quit leaves."""
         settings = dict(num_samples=num_samples, max_new_tokens=max_new_tokens,
                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         torch.manual_seed(seed)

@@ -135,15 +135,15 @@ def make_text(n_chars=40_000, seed=0):
 @pytest.fixture(scope="session")
 def char_dataset(tmp_path_factory):
     """A prepared character-level dataset folder (train.bin, val.bin, meta.json), built by
-    textdata.prepare_char from a generated text, as data/<name>/prepare.py --input=... would."""
-    import textdata
+    smallgpt.prepare.prepare_char from a generated text, as data/<name>/prepare.py --input=... would."""
+    import smallgpt.prepare
 
     root = tmp_path_factory.mktemp("dataset")
     text = make_text()
     (root / "input.txt").write_text(text, encoding="utf-8")
     dataset_dir = root / "tinychar"
     dataset_dir.mkdir()
-    textdata.prepare_char(str(dataset_dir), None, [f"--input={root / 'input.txt'}"])
+    smallgpt.prepare.prepare_char(str(dataset_dir), None, [f"--input={root / 'input.txt'}"])
     return dataset_dir
 
 
@@ -205,14 +205,14 @@ def trained_run(char_dataset, tmp_path_factory):
 
 @pytest.fixture
 def recorded_logits(monkeypatch):
-    """Every (B, V) logits tensor engine.generate_stream hands to sample_next, in order."""
-    import engine
+    """Every (B, V) logits tensor smallgpt.generate.generate_stream hands to sample_next, in order."""
+    import smallgpt.generate
     seen = []
-    real = engine.sample_next
+    real = smallgpt.generate.sample_next
 
     def recording(logits, *args, **kwargs):
         seen.append(logits.detach().clone())
         return real(logits, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "sample_next", recording)
+    monkeypatch.setattr(smallgpt.generate, "sample_next", recording)
     return seen

@@ -12,7 +12,7 @@ there, as a user would, in float32 on one CPU thread so the numbers are repeatab
      other layer, 100 iterations;
   3. the addition line dataset (data/add) with loss_on='answer' and eval_accuracy, 100 iterations.
 It keeps each run's log.csv (timing columns dropped), a sha256 of every tensor in ckpt.pt and
-last.pt (model, optimizer, RNG state), the checkpoint's iter_num / best_val_loss / model_args, and
+last.pt (model, optimizer, torch's RNG state), the checkpoint's iter_num / best_val_loss / model_args, and
 a greedy sample from sample.py. It needs tinyshakespeare.txt (NANOGPT_TEST_DATA or ../shared/data).
 """
 
@@ -108,7 +108,11 @@ def record_run(name, cwd, shakespeare):
     for ckpt_name in ("ckpt.pt", "last.pt"):
         ckpt = torch.load(cwd / out_dir / ckpt_name, map_location="cpu", weights_only=True)
         result[ckpt_name] = {
-            "tensors": tensor_digests({k: ckpt[k] for k in ("model", "optimizer", "rng") if k in ckpt}),
+            # the RNG entries of Python's and numpy's generators are left out: train.py never
+            # seeds them (nothing it computes draws from them), so they differ from run to run
+            "tensors": tensor_digests({"model": ckpt["model"], "optimizer": ckpt["optimizer"],
+                                       "rng": [{k: v for k, v in r.items() if k not in ("python", "numpy")}
+                                               for r in ckpt.get("rng", [])]}),
             "iter_num": ckpt.get("iter_num"), "best_val_loss": float(ckpt.get("best_val_loss")),
             "model_args": {k: v for k, v in ckpt.get("model_args", {}).items()}}
     result["sample"] = run(["sample.py", f"--out_dir={out_dir}", "--device=cpu", "--num_samples=1",

@@ -18,9 +18,9 @@ import pytest
 from conftest import REPO
 
 import workbench as wb  # noqa: E402  (conftest puts the repo on sys.path)
-from linedata import LineDataset  # noqa: E402
-from runlog import read_log  # noqa: E402
-from textdata import load_meta  # noqa: E402
+from smallgpt.lines import LineDataset  # noqa: E402
+from smallgpt.runlog import read_log  # noqa: E402
+from smallgpt.dataloader import load_meta  # noqa: E402
 
 TINY_ADD = dict(device='cpu', compile=False, dtype='float32', peak_flops=1e12, n_layer=1,
                 n_head=2, n_embd=32, batch_size=32, max_iters=40, lr_decay_iters=40,
@@ -146,23 +146,30 @@ def test_accuracy_counts_the_predictions(add_run):
     assert result['correct'] == sum(e == line.split('=')[1] for e, line in zip(expected, test_lines))
 
 
-def test_pyproject_lists_every_module_the_api_imports():
-    """pip install -e . must install workbench.py and every repo module it pulls in."""
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"])
-    repo_modules = {p.stem for p in REPO.glob("*.py")}
-    todo, needed = ["workbench"], set()
-    while todo:
-        name = todo.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        tree = ast.parse((REPO / f"{name}.py").read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            todo += [n.split('.')[0] for n in names if n.split('.')[0] in repo_modules]
-    assert needed <= listed, f"not in pyproject.toml py-modules: {sorted(needed - listed)}"
-    assert listed <= repo_modules, f"listed but missing: {sorted(listed - repo_modules)}"
+@pytest.mark.slow
+def test_pip_install_gives_the_package_and_the_api_and_no_generic_names(tmp_path):
+    """A real `pip install -e .` (into a venv that sees this Python's packages, --no-deps): from
+    another folder the API and the package import, and none of the old flat module names does."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps",
+                              "--no-build-isolation", "-e", str(REPO)],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-2000:]
+    check = """
+import importlib.util, workbench, smallgpt.generate, smallgpt.hf.convert
+print(workbench.load.__module__, smallgpt.__file__)
+flat = ["engine", "runtime", "checkpoint", "textdata", "linedata", "evaluation", "runlog",
+        "interactive", "hf_gpt2", "hf_starcoder2", "linear_attention", "distributed"]
+print("found:", [n for n in flat if importlib.util.find_spec(n)])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(python), "-c", check], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"workbench {REPO / 'smallgpt' / '__init__.py'}" in out.stdout, out.stdout
+    assert "found: []" in out.stdout, out.stdout
 
 
 def test_the_example_notebook_runs(tmp_path):

@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from conftest import randomize_weights, run_script, run_train  # noqa: E402
-from engine import KVCache  # noqa: E402
+from smallgpt.kvcache import KVCache  # noqa: E402
 from model import GPT, GPTConfig, NANOGPT_MODEL_ARGS, apply_rope, rope_angles  # noqa: E402
 
 TINY = dict(n_layer=4, n_head=4, n_embd=32, block_size=16, vocab_size=50, dropout=0.0)

@@ -78,7 +78,7 @@ def test_train_bench_takes_the_variant_settings():
 def test_train_bench_with_dtype_auto_reports_what_this_cpu_runs():
     """dtype='auto' trains in bf16 where the CPU has bf16 units (or NANOGPT_CPU_BF16=1 says so)
     and in fp32 elsewhere; the KV cache it reports is in that dtype: 2 or 4 bytes a number."""
-    from runtime import cpu_has_fast_bf16
+    from smallgpt.device import cpu_has_fast_bf16
     out = bench("--kv_share=2", "--n_kv_head=1", "--pos_emb=none")
     if cpu_has_fast_bf16():
         assert "cpu bfloat16" in out and "KV cache 64 bytes/token (2 KiB at block_size)" in out, out
@@ -90,7 +90,7 @@ def test_train_bench_with_dtype_auto_reports_what_this_cpu_runs():
 def test_the_bf16_switch_answers_the_cpu_check(monkeypatch):
     """NANOGPT_CPU_BF16=1 / 0 makes dtype='auto' pick bf16 / fp32 for CPU training on any CPU;
     generation stays fp32 either way; another value is one clear error."""
-    from runtime import CPU_BF16_ENV, cpu_has_fast_bf16, pick_dtype
+    from smallgpt.device import CPU_BF16_ENV, cpu_has_fast_bf16, pick_dtype
     monkeypatch.setenv(CPU_BF16_ENV, "1")
     assert cpu_has_fast_bf16() and pick_dtype("auto", "cpu") == "bfloat16"
     assert pick_dtype("auto", "cpu", training=False, quiet=True) == "float32"
@@ -102,12 +102,12 @@ def test_the_bf16_switch_answers_the_cpu_check(monkeypatch):
 
 
 @pytest.mark.cpu_bf16
-@pytest.mark.skipif(not __import__("runtime").cpu_has_fast_bf16(),
+@pytest.mark.skipif(not __import__("smallgpt.device").device.cpu_has_fast_bf16(),
                     reason="this CPU has no bf16 matrix units (NANOGPT_CPU_BF16=1 runs it anyway)")
 def test_bf16_cpu_training_tracks_fp32():
     """The same 150 steps in bf16 autocast and in fp32: both learn, and end close together."""
     from model import GPT, GPTConfig
-    from runtime import autocast_context
+    from smallgpt.device import autocast_context
 
     text = torch.tensor([ord(c) % 32 for c in "the quick brown fox jumps over the lazy dog " * 40])
     final = {}
@@ -143,7 +143,7 @@ def gpt_and_batch(dropout=0.0):
 
 
 def loss_and_grads(model, x, y, dtype):
-    from runtime import autocast_context
+    from smallgpt.device import autocast_context
     model.zero_grad(set_to_none=True)
     with autocast_context("cpu", dtype):
         _, loss = model(x, y)
@@ -211,14 +211,15 @@ def test_resume_takes_this_runs_adamw_not_the_checkpoints(char_dataset, tmp_path
 MALLINFO = """
 import ctypes, sys
 sys.path.insert(0, {repo!r})
-import torch, runtime
+import torch
+from smallgpt import device
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
                 "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = Mallinfo2
 if {reuse}:
-    assert runtime.reuse_freed_memory()
+    assert device.reuse_freed_memory()
 before = libc.mallinfo2().hblkhd
 t = torch.empty({size}, dtype=torch.uint8)
 print(libc.mallinfo2().hblkhd - before)

@@ -1,9 +1,9 @@
 """
-Tests for textdata.py and the data/*/prepare.py scripts. CPU only, offline, ~15 s.
+Tests for preparing datasets (smallgpt/prepare.py, tokenizer.py, dataloader.py) and the data/*/prepare.py scripts. CPU only, offline, ~15 s.
 
     python -m pytest tests/test_data.py          # add -v to see each test
 
-Prepare scripts run as subprocesses inside a temp copy of the repo layout (textdata.py plus
+Prepare scripts run as subprocesses inside a temp copy of the repo layout (the smallgpt package plus
 data/<name>/prepare.py), so nothing is ever written into the repo. Tests that need the real books
 (NANOGPT_TEST_DATA) or GPT-2's BPE files (TIKTOKEN_CACHE_DIR) are skipped, with the reason, when
 they are missing; see conftest.py.
@@ -23,8 +23,10 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import textdata  # noqa: E402
-from textdata import StreamDecoder, Tokenizer, clean_text, load_meta  # noqa: E402
+import smallgpt.prepare  # noqa: E402
+from smallgpt.tokenizer import StreamDecoder, Tokenizer  # noqa: E402
+from smallgpt.prepare import clean_text  # noqa: E402
+from smallgpt.dataloader import load_meta  # noqa: E402
 from conftest import needs_gpt2_bpe, skip_without_gpt2_bpe, text_file  # noqa: E402
 
 
@@ -33,11 +35,13 @@ from conftest import needs_gpt2_bpe, skip_without_gpt2_bpe, text_file  # noqa: E
 
 
 def make_repo(tmp_path, *names):
-    """A throwaway copy of the repo layout: textdata.py and data/<name>/prepare.py."""
+    """A throwaway copy of the repo layout: the smallgpt package and data/<name>/prepare.py."""
     root = tmp_path / "repo"
     root.mkdir(exist_ok=True)
-    for module in ("textdata.py", "configurator.py"):
-        shutil.copy(os.path.join(REPO, module), root / module)
+    if not (root / "smallgpt").exists():
+        shutil.copytree(os.path.join(REPO, "smallgpt"), root / "smallgpt",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(REPO, "configurator.py"), root / "configurator.py")
     for name in names:
         (root / "data" / name).mkdir(parents=True, exist_ok=True)
         shutil.copy(os.path.join(REPO, "data", name, "prepare.py"), root / "data" / name / "prepare.py")
@@ -46,7 +50,7 @@ def make_repo(tmp_path, *names):
 
 def run_prepare(root, name, *args, cwd=None, env_extra=None):
     """Run data/<name>/prepare.py of the temp layout with the current Python; by default from a
-    working directory outside the layout, to check the script finds textdata.py on its own."""
+    working directory outside the layout, to check the script finds the smallgpt package on its own."""
     env = dict(os.environ, HF_HUB_OFFLINE="1",
                HF_DATASETS_CACHE=str(root.parent / "hf_cache"), PYTHONDONTWRITEBYTECODE="1")
     env.update(env_extra or {})
@@ -108,24 +112,24 @@ def test_clean_text_crops_gutenberg_markers(capsys):
 
 def test_split_ids_is_90_10_in_order():
     ids = np.arange(1000)
-    train, val = textdata.split_ids(ids)
+    train, val = smallgpt.prepare.split_ids(ids)
     assert len(train) == 900 and len(val) == 100
     np.testing.assert_array_equal(np.concatenate([train, val]), ids)
-    train, val = textdata.split_ids(list(range(7)), val_fraction=0.5)
+    train, val = smallgpt.prepare.split_ids(list(range(7)), val_fraction=0.5)
     assert (train, val) == ([0, 1, 2], [3, 4, 5, 6])
 
 
 def test_dtype_for_vocab():
-    assert textdata.dtype_for_vocab(65) == "uint16"
-    assert textdata.dtype_for_vocab(50257) == "uint16"
-    assert textdata.dtype_for_vocab(65535) == "uint16"
-    assert textdata.dtype_for_vocab(65536) == "uint32"
-    assert textdata.dtype_for_vocab(100277) == "uint32"  # cl100k_base
+    assert smallgpt.prepare.dtype_for_vocab(65) == "uint16"
+    assert smallgpt.prepare.dtype_for_vocab(50257) == "uint16"
+    assert smallgpt.prepare.dtype_for_vocab(65535) == "uint16"
+    assert smallgpt.prepare.dtype_for_vocab(65536) == "uint32"
+    assert smallgpt.prepare.dtype_for_vocab(100277) == "uint32"  # cl100k_base
 
 
 def test_write_bins_refuses_ids_that_do_not_fit(tmp_path):
     with pytest.raises(AssertionError, match="does not fit uint16"):
-        textdata.write_bins(str(tmp_path), [1, 70000], [2], "uint16")
+        smallgpt.prepare.write_bins(str(tmp_path), [1, 70000], [2], "uint16")
     assert not os.path.exists(tmp_path / "train.bin")
 
 
@@ -283,7 +287,7 @@ def test_corrupt_meta_files_name_the_file(tmp_path):
 def test_meta_json_round_trip(tmp_path):
     meta = {"version": 1, "tokenizer": "char", "vocab_size": 4, "dtype": "uint16", "chars": ["\n", " ", '"', "é"],
             "train_tokens": 9, "val_tokens": 1, "source": "made up"}
-    textdata.write_meta(str(tmp_path), meta)
+    smallgpt.prepare.write_meta(str(tmp_path), meta)
     assert load_meta(str(tmp_path)) == meta
     assert json.loads((tmp_path / "meta.json").read_text(encoding="utf-8")) == meta
     assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]  # no temp file left behind

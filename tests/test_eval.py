@@ -1,5 +1,5 @@
 """
-Evaluation: accuracy (evaluation.py), eval.py's loss / perplexity / bits per byte, and the
+Evaluation: accuracy (smallgpt/metrics.py), eval.py's loss / perplexity / bits per byte, and the
 accuracy column of the run log.
 
     python -m pytest tests/test_eval.py -q        # about 30 s on 2 cores
@@ -26,11 +26,12 @@ from torch.nn import functional as F
 
 from conftest import REPO, error_lines, randomize_weights, run_script
 
-from checkpoint import save_checkpoint  # noqa: E402  (conftest put the repo on sys.path)
-from evaluation import greedy_answers, line_accuracy, score_answers, split_answer  # noqa: E402
+from smallgpt.checkpoint import save_checkpoint  # noqa: E402  (conftest put the repo on sys.path)
+from smallgpt.metrics import greedy_answers, line_accuracy, score_answers, split_answer  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from runlog import RunLog  # noqa: E402
-from textdata import Tokenizer, prepare_char  # noqa: E402
+from smallgpt.runlog import RunLog  # noqa: E402
+from smallgpt.tokenizer import Tokenizer  # noqa: E402
+from smallgpt.prepare import prepare_char  # noqa: E402
 
 # multi-byte characters (2, 3 and 4 UTF-8 bytes), so bytes and tokens differ
 TEXT = "".join(f"Señor {w} paid {n} € at the café 🙂.\n" for n in range(60)
@@ -239,13 +240,13 @@ def test_eval_text_file_equals_the_same_text_as_a_split(char_run, tmp_path):
 
 
 def test_transformers_gives_the_same_loss_on_the_same_windows(char_run, tmp_path):
-    """The model exported with hf_gpt2.save_hf, loaded by AutoModelForCausalLM, scores the
+    """The model exported with smallgpt.hf.convert.save_hf, loaded by AutoModelForCausalLM, scores the
     windows eval.py reads (side by side) to the same mean loss."""
     transformers = pytest.importorskip("transformers")
-    import hf_gpt2
+    import smallgpt.hf.convert
 
     root, model, meta, ids = char_run
-    hf_gpt2.save_hf(model, str(tmp_path / "hf"))
+    smallgpt.hf.convert.save_hf(model, str(tmp_path / "hf"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
     total, count = 0.0, 0
     for start in range(0, len(ids) - 1, BLOCK):

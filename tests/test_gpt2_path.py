@@ -22,7 +22,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import textdata  # noqa: E402
+import smallgpt.dataloader  # noqa: E402
+import smallgpt.prepare  # noqa: E402
 from conftest import needs_gpt2_bpe, skip_without_gpt2_bpe  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
@@ -57,7 +58,7 @@ def bpe_data(tmp_path_factory):
     folder.mkdir()
     source = folder.parent / "text.txt"
     source.write_text(TEXT, encoding="utf-8")
-    textdata.prepare_bpe(str(folder), url=None, argv=[f"--input={source}"])
+    smallgpt.prepare.prepare_bpe(str(folder), url=None, argv=[f"--input={source}"])
     return str(folder)
 
 
@@ -117,8 +118,8 @@ def test_finetune_sample_export(hf_dir, bpe_data, tmp_path):
     hf_out = tmp_path / "hf-don"
     run("export.py", f"--out_dir={out_dir}", f"--hf_dir={hf_out}")
     exported = transformers.GPT2LMHeadModel.from_pretrained(hf_out).eval()
-    from checkpoint import model_from_checkpoint
-    ours = model_from_checkpoint(ckpt).eval()
+    from model import GPT
+    ours = GPT.from_checkpoint(ckpt).eval()
     idx = torch.randint(50257, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(exported(idx).logits, ours(idx, all_logits=True)[0],
@@ -135,8 +136,8 @@ def test_vocab_over_uint16_trains(tmp_path):
     source.write_text(text, encoding="utf-8")
     folder = tmp_path / "bigvocab"
     folder.mkdir()
-    textdata.prepare_char(str(folder), url=None, argv=[f"--input={source}"])
-    meta = textdata.load_meta(str(folder))
+    smallgpt.prepare.prepare_char(str(folder), url=None, argv=[f"--input={source}"])
+    meta = smallgpt.dataloader.load_meta(str(folder))
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70000
     out = run("train.py", f"--dataset={folder}", f"--out_dir={tmp_path / 'out'}", "--device=cpu",
               "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16",

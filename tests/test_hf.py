@@ -1,5 +1,5 @@
 """
-Parity tests between model.py's GPT and Hugging Face's GPT2LMHeadModel (hf_gpt2.py, export.py).
+Parity tests between model.py's GPT and Hugging Face's GPT2LMHeadModel (smallgpt/hf/gpt2.py, export.py).
 
     python -m pytest tests/test_hf.py -q
 
@@ -27,8 +27,9 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E40
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hf_gpt2  # noqa: E402
-from hf_gpt2 import load_hf_gpt2, save_hf_gpt2  # noqa: E402
+import smallgpt.hf.gpt2  # noqa: E402
+from smallgpt.hf.convert import load_hf  # noqa: E402
+from smallgpt.hf.gpt2 import save_hf_gpt2  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 TINY_HF = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64)
@@ -135,7 +136,7 @@ def test_refuses_other_model_types(tmp_path):
     transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                              intermediate_size=64, vocab_size=100).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'llama' model"):
-        load_hf_gpt2(str(tmp_path))
+        load_hf(str(tmp_path))
 
 
 def test_hub_name_offline_gives_one_line_hint(monkeypatch):
@@ -158,19 +159,19 @@ def test_hub_name_offline_gives_one_line_hint(monkeypatch):
 
 def test_bad_local_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such directory"):
-        load_hf_gpt2(str(tmp_path / "missing") + "/")
+        load_hf(str(tmp_path / "missing") + "/")
     with pytest.raises(ValueError, match="no config.json"):
-        load_hf_gpt2(str(tmp_path))
+        load_hf(str(tmp_path))
     GPT2Config(**TINY_HF, vocab_size=100, bos_token_id=None,
                eos_token_id=None).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="model.safetensors or pytorch_model.bin"):
-        load_hf_gpt2(str(tmp_path))
+        load_hf(str(tmp_path))
 
 
 def test_missing_transformers_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(RuntimeError, match="pip install transformers"):
-        load_hf_gpt2(str(tmp_path))
+        load_hf(str(tmp_path))
 
 
 def test_old_checkpoint_buffers_are_dropped_and_conv1d_transposed():
@@ -181,7 +182,7 @@ def test_old_checkpoint_buffers_are_dropped_and_conv1d_transposed():
     # what transformers < 4.x saved next to the weights: the causal mask and its fill value
     hf_state["transformer.h.0.attn.bias"] = torch.ones(1, 1, 64, 64).tril()
     hf_state["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)
-    state = hf_gpt2.state_dict_from_hf(hf_state)
+    state = smallgpt.hf.gpt2.state_dict_from_hf(hf_state)
     model = GPT(GPTConfig(**{**TINY_OURS, "block_size": 64}, vocab_size=100, gelu="tanh"))
     model.load_state_dict(state)  # strict
     assert "transformer.h.0.attn.c_attn.bias" in state

@@ -1,6 +1,6 @@
 """
 Parity tests between model.py's rotary attention variants (pos_emb='rope' with n_kv_head and
-attn_window) and Hugging Face's Starcoder2ForCausalLM, both ways (hf_starcoder2.py, export.py),
+attn_window) and Hugging Face's Starcoder2ForCausalLM, both ways (smallgpt/hf/starcoder2.py, export.py),
 plus the variants no Hugging Face architecture here can hold.
 
     python -m pytest tests/test_hf_variants.py -q
@@ -22,7 +22,7 @@ from test_hf import assert_gelu_matters, hf_logits, our_logits, run_export, tiny
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, Starcoder2Config, Starcoder2ForCausalLM  # noqa: E402
 
-from hf_gpt2 import save_hf  # noqa: E402
+from smallgpt.hf.convert import save_hf  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 # measured: 0 for MHA and windowed layers (the same torch kernel as transformers), up to 5.3e-6
@@ -295,8 +295,8 @@ def test_train_export_import_round_trip(char_dataset, tmp_path):
     assert "max abs logits difference" in result.stdout
     assert "Starcoder2ForCausalLM.from_pretrained" in result.stdout
 
-    from checkpoint import load_checkpoint, model_from_checkpoint
-    model = model_from_checkpoint(load_checkpoint(str(out_dir / "ckpt.pt"))).eval()
+    from smallgpt.checkpoint import load_checkpoint
+    model = GPT.from_checkpoint(load_checkpoint(str(out_dir / "ckpt.pt"))).eval()
     assert model.config.attn_window == 8 and model.config.kv_heads == 2
     hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     vocab = model.config.vocab_size
@@ -315,7 +315,7 @@ def test_train_export_import_round_trip(char_dataset, tmp_path):
 def test_sample_and_train_init_from_a_starcoder2_folder(tmp_path):
     """sample.py --init_from=<Starcoder2 folder> writes HF's greedy tokens, and train.py starts
     from the folder as a rotary model with its n_kv_head and window."""
-    import textdata
+    import smallgpt.prepare
     import tiktoken
 
     hf, hf_dir = tiny_starcoder2(tmp_path, num_key_value_heads=2, sliding_window=6,
@@ -335,7 +335,7 @@ def test_sample_and_train_init_from_a_starcoder2_folder(tmp_path):
     data = tmp_path / "bpe"
     data.mkdir()
     (tmp_path / "text.txt").write_text(make_text(10_000), encoding="utf-8")
-    textdata.prepare_bpe(str(data), url=None, argv=[f"--input={tmp_path / 'text.txt'}"])
+    smallgpt.prepare.prepare_bpe(str(data), url=None, argv=[f"--input={tmp_path / 'text.txt'}"])
     out_dir = tmp_path / "out"
     result = run_train(data, out_dir, f"--init_from={hf_dir}", "--block_size=32",
                        "--max_iters=2", "--eval_interval=2", cwd=tmp_path, env=env)

@@ -1,5 +1,5 @@
 """
-Compressed KV caches (engine.py): int8/fp8/int4 storage (kv_cache_dtype), eviction by attention
+Compressed KV caches (smallgpt/generate.py): int8/fp8/int4 storage (kv_cache_dtype), eviction by attention
 score (kv_budget) and attention sinks (kv_sink).
 
     python -m pytest tests/test_kv_compression.py -q
@@ -19,10 +19,11 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import engine  # noqa: E402
+import smallgpt.kvcache  # noqa: E402
 import test_attention_variants as variants  # noqa: E402
 from conftest import randomize_weights  # noqa: E402
-from engine import EvictingKVCache, KVCache, teacher_forced  # noqa: E402
+from smallgpt.kvcache import EvictingKVCache, KVCache  # noqa: E402
+from smallgpt.generate import teacher_forced  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 BLOCK = 16
@@ -79,7 +80,7 @@ def test_stored_codes_are_within_half_a_step_of_the_full_cache(cache_dtype):
             codes = torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2).float() - 8
             decoded = codes * step
             if keys:
-                x = x @ engine.random_rotation(hd)
+                x = x @ smallgpt.kvcache.random_rotation(hd)
         error = (decoded - x).abs()
         # half a step, plus float32 rounding of the products (and of the rotation)
         assert bool((error <= step / 2 * (1 + 1e-3) + 1e-6).all()), (keys, (error - step / 2).max())
@@ -91,7 +92,7 @@ def test_stored_codes_are_within_half_a_step_of_the_full_cache(cache_dtype):
 
 
 def test_int4_store_packs_two_codes_per_byte():
-    store = engine.Int4Store((1, 1, 3, 8), torch.float32, "cpu", group=8)
+    store = smallgpt.kvcache.Int4Store((1, 1, 3, 8), torch.float32, "cpu", group=8)
     x = torch.tensor([[[[7., -7., 0., 1., -1., 3.5, 2., -3.],
                         [0.] * 8,
                         [70., 0., 0., 0., 0., 0., 0., -70.]]]])

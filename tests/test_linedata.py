@@ -1,5 +1,5 @@
 """
-Line datasets (linedata.py, data/charline, data/add, data/roman) and training on them (train.py).
+Line datasets (smallgpt/lines.py, data/charline, data/add, data/roman) and training on them (train.py).
 
     python -m pytest tests/test_linedata.py -q        # about 30 s on 2 cores
 
@@ -23,9 +23,9 @@ from torch.nn import functional as F
 
 from conftest import REPO, error_lines, run_train
 
-from linedata import LineDataset  # noqa: E402  (conftest put the repo on sys.path)
+from smallgpt.lines import LineDataset  # noqa: E402  (conftest put the repo on sys.path)
 from model import GPT, GPTConfig  # noqa: E402
-from textdata import load_meta  # noqa: E402
+from smallgpt.dataloader import load_meta  # noqa: E402
 
 LINES = [f"{a}*{b}={a * b}" for a in range(3, 40) for b in range(2, 9)]  # 259 distinct lines
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint  # noqa: E402  (conftest put the repo on sys.path)
-import textdata  # noqa: E402
+import smallgpt.checkpoint  # noqa: E402  (conftest put the repo on sys.path)
+import smallgpt.dataloader  # noqa: E402
 from model import GPT, CausalSelfAttention, GPTConfig, set_fast_cpu  # noqa: E402
-from runtime import autocast_context  # noqa: E402
+from smallgpt.device import autocast_context  # noqa: E402
 
 
 def counting_bin(tmp_path, n, dtype="uint16", first=0):
@@ -34,7 +34,7 @@ def counting_bin(tmp_path, n, dtype="uint16", first=0):
 
 def test_windows_at_given_offsets_and_their_next_token_targets(tmp_path):
     path = counting_bin(tmp_path, 100)
-    x, y = textdata.sample_batch(path, "uint16", 3, 8, offsets=[0, 17, 91])
+    x, y = smallgpt.dataloader.sample_batch(path, "uint16", 3, 8, offsets=[0, 17, 91])
     assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (3, 8)
     assert x.tolist() == [list(range(s, s + 8)) for s in (0, 17, 91)]
     assert y.tolist() == [list(range(s + 1, s + 9)) for s in (0, 17, 91)]  # the last ends at 99
@@ -42,7 +42,7 @@ def test_windows_at_given_offsets_and_their_next_token_targets(tmp_path):
 
 def test_random_windows_are_whole_and_targets_are_the_next_tokens(tmp_path):
     path = counting_bin(tmp_path, 1000)
-    x, y = textdata.sample_batch(path, "uint16", 64, 16, torch.Generator().manual_seed(0))
+    x, y = smallgpt.dataloader.sample_batch(path, "uint16", 64, 16, torch.Generator().manual_seed(0))
     starts = x[:, 0]
     assert torch.equal(x, starts[:, None] + torch.arange(16))  # consecutive tokens
     assert torch.equal(y, x + 1)  # each target is the token after its input
@@ -57,7 +57,7 @@ def test_random_windows_reach_the_last_start_and_no_further(tmp_path):
     g = torch.Generator().manual_seed(0)
     starts = set()
     for _ in range(20):
-        x, y = textdata.sample_batch(path, "uint16", 30, block_size, g)
+        x, y = smallgpt.dataloader.sample_batch(path, "uint16", 30, block_size, g)
         starts.update(x[:, 0].tolist())
         assert int(y.max()) <= block_size + 2
     assert starts == {0, 1, 2}
@@ -65,7 +65,7 @@ def test_random_windows_reach_the_last_start_and_no_further(tmp_path):
 
 def test_uint32_token_ids_are_read_whole(tmp_path):
     path = counting_bin(tmp_path, 50, dtype="uint32", first=70_000)  # past uint16's 65,535
-    x, y = textdata.sample_batch(path, "uint32", 2, 4, offsets=[0, 45])
+    x, y = smallgpt.dataloader.sample_batch(path, "uint32", 2, 4, offsets=[0, 45])
     assert x.tolist() == [[70_000, 70_001, 70_002, 70_003], [70_045, 70_046, 70_047, 70_048]]
     assert y[1].tolist() == [70_046, 70_047, 70_048, 70_049]
 
@@ -82,9 +82,9 @@ def test_eval_windows_start_at_zero_end_at_the_last_token_evenly_spaced(tmp_path
     spacing is a whole number of tokens: window k starts at k * step, and the last one's target
     is the split's last token."""
     path = counting_bin(tmp_path, n_tokens)
-    offsets = textdata.eval_offsets(path, "uint16", n_windows, block_size)
+    offsets = smallgpt.dataloader.eval_offsets(path, "uint16", n_windows, block_size)
     assert offsets == [k * step for k in range(n_windows)]
-    _, y = textdata.sample_batch(path, "uint16", n_windows, block_size, offsets=offsets)
+    _, y = smallgpt.dataloader.sample_batch(path, "uint16", n_windows, block_size, offsets=offsets)
     assert int(y[-1, -1]) == n_tokens - 1
 
 
@@ -114,7 +114,7 @@ def test_save_checkpoint_syncs_a_temp_file_then_renames_it(tmp_path, monkeypatch
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    checkpoint.save_checkpoint({"iter_num": 2}, str(path))
+    smallgpt.checkpoint.save_checkpoint({"iter_num": 2}, str(path))
     assert torch.load(path, weights_only=True) == {"iter_num": 2}
     new_file, folder = os.stat(path).st_ino, os.stat(tmp_path).st_ino
     assert events == [("fsync", new_file), ("rename", new_file), ("fsync", folder)]
@@ -127,13 +127,13 @@ def test_checkpoint_weights_load_strictly():
     freshly initialised weights behind (or ignore trained ones) without a word."""
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11))
     args, state = model.config.to_model_args(), model.state_dict()
-    loaded = checkpoint.model_from_checkpoint({"model": state, "model_args": args})  # the control
+    loaded = GPT.from_checkpoint({"model": state, "model_args": args})  # the control
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
     missing = {k: v for k, v in state.items() if k != "transformer.ln_f.weight"}
     extra = {**state, "transformer.h.0.attn.c_extra.weight": torch.zeros(4, 4)}
     for broken in (missing, extra):
-        with pytest.raises(checkpoint.CheckpointError, match="run/ckpt.pt"):
-            checkpoint.model_from_checkpoint({"model": broken, "model_args": args},
+        with pytest.raises(smallgpt.checkpoint.CheckpointError, match="run/ckpt.pt"):
+            GPT.from_checkpoint({"model": broken, "model_args": args},
                                              path="run/ckpt.pt")
 
 

@@ -8,7 +8,7 @@ Each mechanism against a reference that does not run the code under test:
 - XL: a segment seen after a memory of the previous segment(s) gets the logits of the same
   tokens in one causal forward over all of them, and a memory of size 0 is the plain forward;
 - linear attention: the chunked training form against a quadratic reference written here, and
-  the decoder's recurrent state (engine.LinearState) against a full forward, within 1e-5 (fp32).
+  the decoder's recurrent state (kvcache.LinearState) against a full forward, within 1e-5 (fp32).
 
     python -m pytest tests/test_memory.py -q     # about 45 s on 2 cores (the XL resume test: 25 s)
 
@@ -28,9 +28,10 @@ from torch.testing import assert_close
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from conftest import error_lines, run_script, run_train  # noqa: E402
-import textdata  # noqa: E402
-from engine import LinearState, _left_pad  # noqa: E402
-from linear_attention import causal_linear_attention, feature_map, linear_attention_step  # noqa: E402
+import smallgpt.dataloader  # noqa: E402
+from smallgpt.kvcache import LinearState  # noqa: E402
+from smallgpt.generate import _left_pad  # noqa: E402
+from smallgpt.linear_attention import causal_linear_attention, feature_map, linear_attention_step  # noqa: E402
 from model import GPT, GPTConfig, XLMemory  # noqa: E402
 
 V = 23  # vocabulary of the model tests
@@ -54,13 +55,13 @@ def test_sequential_rows_continue_where_they_stopped_and_wrap(char_dataset):
     every step up to the wrap; rows never read each other's text; at the wrap each row starts
     its stretch over, and says so."""
     path = str(char_dataset / "train.bin")
-    n = textdata.count_tokens(path, "uint16")
+    n = smallgpt.dataloader.count_tokens(path, "uint16")
     rows, T = 5, 32
     windows = (n // rows - 1) // T  # whole windows of T + 1 tokens in a row's stretch
     previous = None
     for step in range(windows + 1):
-        starts, wrapped = textdata.sequential_starts(n, rows, T, step)
-        x, y = textdata.sample_batch(path, "uint16", rows, T, offsets=starts)
+        starts, wrapped = smallgpt.dataloader.sequential_starts(n, rows, T, step)
+        x, y = smallgpt.dataloader.sample_batch(path, "uint16", rows, T, offsets=starts)
         assert wrapped == (step in (0, windows)), step
         if 0 < step < windows:
             assert torch.equal(x[:, 0], previous[:, -1]), step  # the text runs on, row by row
@@ -68,9 +69,9 @@ def test_sequential_rows_continue_where_they_stopped_and_wrap(char_dataset):
         assert all(g * (n // rows) <= s and s + T < (g + 1) * (n // rows) + 1
                    for g, s in enumerate(starts)), (step, starts)  # inside row g's stretch
         previous, previous_starts = y, starts
-    assert starts == textdata.sequential_starts(n, rows, T, 0)[0]  # step `windows` is step 0 again
+    assert starts == smallgpt.dataloader.sequential_starts(n, rows, T, 0)[0]  # step `windows` is step 0 again
     with pytest.raises(ValueError, match="smaller batch_size"):
-        textdata.sequential_starts(100, 4, 32, 0)
+        smallgpt.dataloader.sequential_starts(100, 4, 32, 0)
 
 
 XL_RUN = ["--data_order=sequential", "--pos_emb=rope", "--xl_memory=48", "--eval_interval=1000",
@@ -289,7 +290,7 @@ def test_linear_attention_settings_it_cannot_combine_with(kw, message):
 
 
 def test_linear_model_does_not_export_to_hugging_face(tmp_path):
-    from hf_gpt2 import save_hf
+    from smallgpt.hf.convert import save_hf
     with pytest.raises(ValueError, match="attention='linear'"):
         save_hf(tiny(attention="linear", pos_emb="learned"), tmp_path / "hf")
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").iterdir())

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from checkpoint import clean_state_dict, model_from_checkpoint  # noqa: E402
+from smallgpt.checkpoint import clean_state_dict  # noqa: E402
 from model import GPT, GPTConfig, NANOGPT_MODEL_ARGS  # noqa: E402
 
 TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=65, dropout=0.0)
@@ -336,7 +336,7 @@ def test_load_compiled_nanogpt_state_dict():
     assert "transformer.h.0.attn.c_attn.bias" in cleaned
     assert not any(k.endswith(".attn.bias") or k.startswith("_orig_mod.") for k in cleaned)
 
-    loaded = model_from_checkpoint({"model": state, "model_args": source.config.to_model_args()}).eval()
+    loaded = GPT.from_checkpoint({"model": state, "model_args": source.config.to_model_args()}).eval()
     idx = random_batch(2, T, TINY["vocab_size"])
     torch.testing.assert_close(loaded(idx, all_logits=True)[0], source(idx, all_logits=True)[0])
     with pytest.raises(RuntimeError):  # without cleaning, strict loading refuses these keys

@@ -1,5 +1,5 @@
 """
-Tests for runlog.py (the training-run logger) and plot.py (the run comparison CLI).
+Tests for smallgpt/runlog.py (the training-run logger) and plot.py (the run comparison CLI).
 
     python -m pytest tests/test_runlog.py -q
 
@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from runlog import COLUMNS, RunLog  # noqa: E402
+from smallgpt.runlog import COLUMNS, RunLog  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONFIG = {"dataset": "shakespeare_char", "n_layer": 2, "n_head": 2, "n_embd": 32}

@@ -1,6 +1,6 @@
 """
 Tests for the sampling engine: model.generate / generate_stream (KV cache, windows, ragged
-batches), filter_logits / sample_next, and sample.py + interactive.py end to end.
+batches), filter_logits / sample_next, and sample.py + smallgpt/interactive.py end to end.
 
     python -m pytest tests/test_sampling.py -q
 
@@ -27,7 +27,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from engine import KVCache, filter_logits, sample_next  # noqa: E402
+from smallgpt.kvcache import KVCache  # noqa: E402
+from smallgpt.generate import filter_logits, sample_next  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from conftest import needs_gpt2_bpe, randomize_weights, skip_without_gpt2_bpe  # noqa: E402
 
@@ -558,7 +559,7 @@ def bpe_ckpt(tmp_path_factory):
     one never-seen id, then copy each learned row to its GPT-2 id and the never-seen row to the
     other 50,248: their logits are all the never-seen token's, which training pushed down."""
     skip_without_gpt2_bpe()
-    from textdata import Tokenizer
+    from smallgpt.tokenizer import Tokenizer
     tokenizer = Tokenizer.tiktoken("gpt2")
     pattern = tokenizer.encode(BPE_TEXT) + [tokenizer.eot_token]
     assert any("\ufffd" in tokenizer.decode([t]) for t in pattern), "want a split character"

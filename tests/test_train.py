@@ -30,7 +30,7 @@ import torch
 from conftest import (REPO, error_lines, run_script, run_train, script_env, start_script,
                       train_args)
 
-from checkpoint import load_checkpoint  # noqa: E402  (conftest put the repo on sys.path)
+from smallgpt.checkpoint import load_checkpoint  # noqa: E402  (conftest put the repo on sys.path)
 from model import GPT, GPTConfig  # noqa: E402
 
 NANOGPT_KEYS = {"model", "optimizer", "model_args", "iter_num", "best_val_loss", "config"}
@@ -488,6 +488,7 @@ def test_missing_train_bin_names_the_prepare_command(char_dataset, tmp_path):
     for path in REPO.glob("*.py"):
         shutil.copy(path, repo / path.name)
     shutil.copytree(REPO / "config", repo / "config")
+    shutil.copytree(REPO / "smallgpt", repo / "smallgpt", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "data" / "don_char").mkdir(parents=True)
     shutil.copy(REPO / "data" / "don_char" / "prepare.py", repo / "data" / "don_char" / "prepare.py")
     # --dtype=float32: with 'auto', a CPU without bf16 units adds a note line on stderr

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from conftest import run_train, script_env, start_script, train_args
 
-import textdata  # noqa: E402  (conftest put the repo on sys.path)
+import smallgpt.dataloader  # noqa: E402  (conftest put the repo on sys.path)
 from model import GPT, GPTConfig  # noqa: E402
 
 SEED = 1337  # train.py's default seed
@@ -165,9 +165,9 @@ def test_gradient_accumulation_equals_one_bigger_batch(char_dataset, tmp_path):
     evals and weights (up to float rounding). The 8 windows are the same in both: the first
     micro-batch draws 4, the second the next 4 from the same generator."""
     path = str(char_dataset / "train.bin")
-    big = textdata.sample_batch(path, "uint16", 8, 32, torch.Generator().manual_seed(SEED))
+    big = smallgpt.dataloader.sample_batch(path, "uint16", 8, 32, torch.Generator().manual_seed(SEED))
     g = torch.Generator().manual_seed(SEED)
-    halves = [textdata.sample_batch(path, "uint16", 4, 32, g) for _ in range(2)]
+    halves = [smallgpt.dataloader.sample_batch(path, "uint16", 4, 32, g) for _ in range(2)]
     for whole, first, second in zip(big, *halves):
         assert torch.equal(whole, torch.cat([first, second])), \
             "4 + 4 draws no longer give the 8 windows of one draw: this test needs another setup"

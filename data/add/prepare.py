@@ -18,9 +18,9 @@ import random
 import sys
 
 DATASET_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for linedata.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for smallgpt/lines.py
 
-from linedata import prepare_task, split_arguments  # noqa: E402  (needs the sys.path line above)
+from smallgpt.lines import prepare_task, split_arguments  # noqa: E402  (needs the sys.path line above)
 
 
 def addition_lines(digits, reverse=False):

@@ -15,9 +15,9 @@ import os
 import sys
 
 DATASET_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for linedata.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for smallgpt/lines.py
 
-from linedata import prepare_charline  # noqa: E402  (needs the sys.path line above)
+from smallgpt.lines import prepare_charline  # noqa: E402  (needs the sys.path line above)
 
 if __name__ == "__main__":
     prepare_charline(DATASET_DIR, sys.argv[1:])

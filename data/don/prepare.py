@@ -15,9 +15,9 @@ import os
 import sys
 
 DATASET_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for textdata.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for smallgpt/prepare.py
 
-from textdata import prepare_bpe  # noqa: E402  (needs the sys.path line above)
+from smallgpt.prepare import prepare_bpe  # noqa: E402  (needs the sys.path line above)
 
 URL = "https://www.gutenberg.org/cache/epub/996/pg996.txt"
 

@@ -6,16 +6,16 @@ Don Quixote (Project Gutenberg #996, Ormsby's translation) at the character leve
 
 Reads data/don_char/input.txt (downloading it from the url below when missing), cleans it (BOM, CRLF,
 Project Gutenberg header/footer) and writes train.bin, val.bin and meta.json next to this file.
-The work is done by textdata.prepare_char, shared with the other character-level datasets.
+The work is done by prepare.prepare_char, shared with the other character-level datasets.
 """
 
 import os
 import sys
 
 DATASET_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for textdata.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for smallgpt/prepare.py
 
-from textdata import prepare_char  # noqa: E402  (needs the sys.path line above)
+from smallgpt.prepare import prepare_char  # noqa: E402  (needs the sys.path line above)
 
 URL = "https://www.gutenberg.org/cache/epub/996/pg996.txt"
 

@@ -28,10 +28,12 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 DATASET_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for textdata.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for smallgpt/prepare.py
 
 from configurator import make_folder  # noqa: E402
-from textdata import META_VERSION, Tokenizer, dtype_for_vocab, hub_reachable, write_meta  # noqa: E402
+from smallgpt.dataloader import META_VERSION  # noqa: E402
+from smallgpt.tokenizer import Tokenizer  # noqa: E402
+from smallgpt.prepare import dtype_for_vocab, hub_reachable, write_meta  # noqa: E402
 
 # How datasets' load_dataset reads each kind of local file, and the keyword arguments it needs.
 LOADERS = {

@@ -14,9 +14,9 @@ import os
 import sys
 
 DATASET_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for linedata.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for smallgpt/lines.py
 
-from linedata import prepare_task, split_arguments  # noqa: E402  (needs the sys.path line above)
+from smallgpt.lines import prepare_task, split_arguments  # noqa: E402  (needs the sys.path line above)
 
 # the subtractive pairs (CM, CD, XC, XL, IX, IV) sit between the letters, largest first
 NUMERALS = ((1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"),

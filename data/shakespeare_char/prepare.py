@@ -6,16 +6,16 @@ Tiny Shakespeare (about 1 MB, 40,000 lines of plays) at the character level.
 
 Reads data/shakespeare_char/input.txt (downloading it from the url below when missing), cleans it (BOM, CRLF,
 Project Gutenberg header/footer) and writes train.bin, val.bin and meta.json next to this file.
-The work is done by textdata.prepare_char, shared with the other character-level datasets.
+The work is done by prepare.prepare_char, shared with the other character-level datasets.
 """
 
 import os
 import sys
 
 DATASET_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for textdata.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(DATASET_DIR)))  # the repo root, for smallgpt/prepare.py
 
-from textdata import prepare_char  # noqa: E402  (needs the sys.path line above)
+from smallgpt.prepare import prepare_char  # noqa: E402  (needs the sys.path line above)
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 

@@ -1,9 +1,9 @@
 """
-evaluation.py: how well a model predicts a text, and how often it answers a line exactly right.
+metrics.py: how well a model predicts a text, and how often it answers a line exactly right.
 
 eval.py is the command line over it; train.py calls line_accuracy for eval_accuracy; from Python:
 
-    from evaluation import evaluate_tokens, evaluate_lines, line_accuracy, token_byte_lengths
+    from smallgpt.metrics import evaluate_tokens, evaluate_lines, line_accuracy, token_byte_lengths
     result = evaluate_tokens(model, ids, byte_lengths=token_byte_lengths(tokenizer))
     result['loss'], result['perplexity'], result['bits_per_byte'], result['tokens']
     line_accuracy(model, tokenizer, ['12+34=46', '9+9=18'], '=')['accuracy']
@@ -19,7 +19,7 @@ How the numbers are counted:
 - accuracy (line datasets): a line counts as right when the greedy continuation of everything
   up to and including the answer separator is the line's answer followed by the end of line.
 
-What it is not: loading models or data (checkpoint.py, textdata.py, linedata.py).
+What it is not: loading models or data (checkpoint.py, prepare.py, lines.py).
 """
 
 import math

@@ -1,9 +1,9 @@
 """
-hf_starcoder2.py: move weights between our rotary GPT (model.py, pos_emb='rope') and Hugging
-Face's Starcoder2ForCausalLM. hf_gpt2.py picks this file for rotary models and Starcoder2
-folders, and lends it the checks, folder writing and tokenizer files all exports share:
+Move weights between our rotary GPT (model.py, pos_emb='rope') and Hugging
+Face's Starcoder2ForCausalLM. convert.py picks this file for rotary models and Starcoder2
+folders, and common.py lends it the checks, folder writing and tokenizer files all exports share:
 
-    save_hf(model, "hf-rope")                  # hf_gpt2.save_hf; a rotary model lands here
+    save_hf(model, "hf-rope")                  # convert.save_hf; a rotary model lands here
     model = GPT.from_pretrained("hf-rope")     # a local Starcoder2 folder loads as pos_emb='rope'
 
 Why Starcoder2: of the architectures in transformers it is the one our rotary GPT already is.
@@ -31,14 +31,14 @@ What differs, and how it maps:
 
 Refused (one line naming the setting): a window_pattern that mixes windowed and full layers,
 kv_share > 1, and, on import, any Starcoder2 setting our GPTConfig cannot express (see
-check_starcoder2_config). Learned or no positions never come here: hf_gpt2.py handles them.
+check_starcoder2_config). Learned or no positions never come here: gpt2.py handles them.
 """
 
 import torch
 
-from hf_gpt2 import (EXPORTABLE_FIELDS, HF_TO_OUR_GELU, LAYER_NORM_EPS, _transformers,
-                     common_problems, gpt2_eot, refuse_problems, unexportable_fields,
-                     write_hf_folder)
+from smallgpt.hf.common import (EXPORTABLE_FIELDS, HF_TO_OUR_GELU, LAYER_NORM_EPS, _transformers,
+                                common_problems, gpt2_eot, refuse_problems, unexportable_fields,
+                                write_hf_folder)
 
 # GPTConfig fields a Starcoder2 holds, some only at some values (see _check_exportable)
 STARCODER2_FIELDS = EXPORTABLE_FIELDS | {"pos_emb", "rope_theta", "n_kv_head", "attn_window",

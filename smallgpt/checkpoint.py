@@ -1,5 +1,6 @@
 """
-Checkpoint files: written atomically, loaded safely, turned back into a model.
+Checkpoint files: written atomically and loaded safely (GPT.from_checkpoint in model.py turns one
+back into a model).
 
 A checkpoint is a dict saved with torch.save. It keeps nanoGPT's keys (`model`, `optimizer`,
 `model_args`, `iter_num`, `best_val_loss`, `config`) so either repo reads the other's files, and
@@ -14,9 +15,10 @@ import warnings
 
 import torch
 
-from model import GPT, GPTConfig
+from smallgpt.dataloader import load_meta
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, above smallgpt/
 
 
 class CheckpointError(ValueError):
@@ -156,47 +158,27 @@ def fit_optimizer_state(opt_state, optimizer):
                 opt_state["state"][i][key] = torch.cat([t, pad])  # (rows of p, ...)
 
 
-def model_from_checkpoint(ckpt, dropout=None, path="the checkpoint"):
-    """Build the GPT a checkpoint describes and load its weights (strict)."""
-    try:
-        args = dict(ckpt["model_args"])
-        if dropout is not None:
-            args["dropout"] = dropout
-        config = GPTConfig(**args)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: model_args not understood by this model.py ({e})") from None
-    model = GPT(config)
-    try:
-        model.load_state_dict(clean_state_dict(ckpt["model"]))
-    except (RuntimeError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:2])[:200]
-        raise CheckpointError(f"{path}: the weights don't match its model_args ({detail})") from None
-    return model
-
-
-def load_model(init_from="resume", out_dir="out", checkpoint_name="ckpt.pt", device="cpu"):
+def load_model(model_cls, init_from="resume", out_dir="out", checkpoint_name="ckpt.pt", device="cpu"):
     """The model to sample from or evaluate, in eval mode on `device`, with what came with it:
-    (model, meta, config).
+    (model, meta, config). `model_cls` is model.py's GPT: the caller hands it in, so this
+    package never imports model.py.
 
     init_from='resume' reads out_dir/checkpoint_name: meta is the vocabulary saved in it (for a
     nanoGPT checkpoint, which has none, the meta of its dataset's folder), config the train.py
     settings it was trained with. Anything else goes to GPT.from_pretrained (gpt2*, a Hugging
     Face folder): meta None (GPT-2 BPE) and config None. Raises CheckpointError, or the
     OSError / ValueError / RuntimeError of from_pretrained, each a one-line message."""
-    from textdata import load_meta  # here: checkpoint.py itself needs no tokenizer
-
     meta = config = None
     if init_from == "resume":
         ckpt_path = os.path.join(out_dir, resolve_name(checkpoint_name))
         ckpt = load_checkpoint(ckpt_path, device)
-        model = model_from_checkpoint(ckpt, dropout=0.0, path=ckpt_path)
+        model = model_cls.from_checkpoint(ckpt, dropout=0.0, path=ckpt_path)
         meta, config = ckpt.get("meta"), ckpt.get("config") or {}
         if meta is None and config.get("dataset"):  # nanoGPT: the vocabulary is in the data folder
             meta = load_meta(os.path.join(REPO, "data", config["dataset"]))
         del ckpt
     else:
-        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+        model = model_cls.from_pretrained(init_from, dict(dropout=0.0))
     model.eval()
     model.to(device)
     return model, meta, config

@@ -3,7 +3,7 @@ The training-run logger: one CSV that is always written, a loss plot, optional T
 
 train.py makes one RunLog on rank 0 and feeds it every logged step and every evaluation:
 
-    from runlog import RunLog
+    from smallgpt.runlog import RunLog
     log = RunLog(out_dir, config, resume_iter=iter_num if resuming else None,
                  tensorboard=False, wandb=False, wandb_project='owt', wandb_run_name='gpt2')
     log.train(iter_num, loss, lr, ms_per_iter, tokens_per_s, mfu)   # mfu may be None

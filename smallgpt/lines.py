@@ -1,15 +1,15 @@
 """
-linedata.py: line datasets, where each line of a text file is one sample (GPTBench's `charline`).
+lines.py: line datasets, where each line of a text file is one sample (GPTBench's `charline`).
 
     python data/charline/prepare.py --input=lines.txt --dataset=mylines   # writes data/mylines/
     python data/add/prepare.py --digits=2                                 # 12+34=46 -> data/add/
     python data/roman/prepare.py                                          # 1994=MCMXCIV -> data/roman/
 
-A line dataset is a character-level dataset (textdata.py) with a third split and one more key in
+A line dataset is a character-level dataset (prepare.py) with a third split and one more key in
 meta.json:
     train.bin, val.bin, test.bin   each split's lines, every line's characters followed by the
                                    end-of-line token ('\\n'), one line after the other
-    meta.json                      textdata.write_meta's keys, plus "lines" (see prepare_lines)
+    meta.json                      prepare.write_meta's keys, plus "lines" (see prepare_lines)
 
 Where the lines start is not stored: every line ends with the end-of-line token, so LineSplit
 finds the starts in the .bin itself, and they can never disagree with it. (The .bin files are
@@ -22,17 +22,17 @@ first token of a line is never a target (nothing comes before it): give it in th
 loss_on='answer' also sets to -1 every target up to the answer separator, so only the answer
 and its end-of-line are learned.
 
-What it is not: the accuracy measure (evaluation.py) or the training loop (train.py).
+What it is not: the accuracy measure (metrics.py) or the training loop (train.py).
 """
 
 import argparse
 import os
-import random
 
 import numpy as np
 
-from textdata import META_VERSION, Tokenizer, _shown, dtype_for_vocab, read_utf8, write_bins, \
-    write_meta
+from smallgpt.dataloader import META_VERSION
+from smallgpt.tokenizer import Tokenizer
+from smallgpt.prepare import _shown, dtype_for_vocab, read_utf8, write_bins, write_meta
 
 SPLITS = ("train", "val", "test")
 END_OF_LINE = "\n"
@@ -68,7 +68,7 @@ def split_sizes(n_lines, val_fraction, test_fraction):
 def encode_lines(lines, chars):
     """The token ids of lines, each followed by the end-of-line token: one int64 array."""
     text = "".join(line + END_OF_LINE for line in lines)
-    # code points through numpy, as textdata.prepare_char does: fast for a million lines
+    # code points through numpy, as prepare.prepare_char does: fast for a million lines
     codepoints = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
     vocab = np.array([ord(c) for c in chars], dtype="<u4")
     return np.searchsorted(vocab, codepoints).astype(np.int64)

@@ -1,0 +1,155 @@
+"""
+Reading a prepared dataset: meta.json (checked), token counts, and the windows a batch is cut
+from (random, sequential, or evenly spread for evaluation), read from the memory-mapped
+train.bin / val.bin. A nanoGPT folder with a meta.pkl still loads, through a pickle reader that
+refuses to import anything, so a meta.pkl from the internet cannot run code on your machine.
+"""
+
+import json
+import os
+import pickle
+
+import numpy as np
+
+META_VERSION = 1  # bump when meta.json changes meaning; load_meta refuses other versions
+
+
+def _check_meta(meta, path):
+    """One-line ValueError naming the file when meta.json is not what write_meta writes."""
+    fix = "re-create it with the dataset's prepare.py"
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}; {fix}")
+    if meta.get("version") != META_VERSION:
+        raise ValueError(f"{path}: meta version {meta.get('version')!r}, this code reads version {META_VERSION}; {fix}")
+    if meta.get("tokenizer") not in ("char", "tiktoken"):
+        raise ValueError(f"{path}: tokenizer must be 'char' or 'tiktoken', got {meta.get('tokenizer')!r}; {fix}")
+    if not isinstance(meta.get("vocab_size"), int) or meta["vocab_size"] <= 0:
+        raise ValueError(f"{path}: vocab_size must be a positive integer, got {meta.get('vocab_size')!r}; {fix}")
+    if meta.get("dtype") not in ("uint16", "uint32"):
+        raise ValueError(f"{path}: dtype must be 'uint16' or 'uint32', got {meta.get('dtype')!r}; {fix}")
+    if meta["tokenizer"] == "char":
+        chars = meta.get("chars")
+        if not isinstance(chars, list) or len(chars) != meta["vocab_size"] \
+                or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise ValueError(f"{path}: 'chars' must list vocab_size={meta['vocab_size']} single characters; {fix}")
+    elif not isinstance(meta.get("encoding"), str):
+        raise ValueError(f"{path}: a tiktoken meta needs an 'encoding' name such as 'gpt2'; {fix}")
+
+
+def load_meta(dataset_dir) -> dict | None:
+    """meta.json of a dataset folder, else its nanoGPT meta.pkl in the same form, else None (GPT-2 BPE)."""
+    json_path = os.path.join(dataset_dir, "meta.json")
+    pkl_path = os.path.join(dataset_dir, "meta.pkl")
+    if os.path.exists(json_path):
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{json_path}: not valid JSON ({e}); re-create it with the dataset's prepare.py")
+        _check_meta(meta, json_path)
+        return meta
+    if os.path.exists(pkl_path):
+        old = safe_unpickle(pkl_path)
+        fix = "re-create it with the dataset's prepare.py"
+        if not isinstance(old, dict) or not isinstance(old.get("vocab_size"), int) \
+                or not isinstance(old.get("itos"), dict):
+            raise ValueError(f"{pkl_path}: expected a dict with 'vocab_size' and 'itos' (nanoGPT char meta); {fix}")
+        try:
+            chars = [old["itos"][i] for i in range(old["vocab_size"])]
+        except KeyError as e:
+            raise ValueError(f"{pkl_path}: itos has no entry for token id {e}; {fix}")
+        meta = {"version": META_VERSION, "tokenizer": "char", "vocab_size": old["vocab_size"],
+                "dtype": "uint16",  # nanoGPT always wrote uint16
+                "chars": chars,
+                "train_tokens": _count_tokens(dataset_dir, "train.bin", "uint16"),
+                "val_tokens": _count_tokens(dataset_dir, "val.bin", "uint16"),
+                "source": pkl_path}
+        _check_meta(meta, pkl_path)
+        return meta
+    return None
+
+
+def _count_tokens(dataset_dir, name, dtype):
+    path = os.path.join(dataset_dir, name)
+    return os.path.getsize(path) // np.dtype(dtype).itemsize if os.path.exists(path) else None
+
+
+def count_tokens(bin_path, dtype):
+    """The number of tokens in a .bin file. ValueError, naming the file, when its size is not a
+    whole number of tokens: numpy would refuse to map it with a traceback."""
+    size, itemsize = os.path.getsize(bin_path), np.dtype(dtype).itemsize
+    if size % itemsize:
+        raise ValueError(f"{bin_path} is {size:,} bytes, not a whole number of {np.dtype(dtype).name} "
+                         f"tokens ({itemsize} bytes each): the file was cut short (a full disk, an "
+                         f"interrupted copy?) or meta.json names the wrong dtype; re-create it")
+    return size // itemsize
+
+
+def eval_offsets(bin_path, dtype, n_windows, block_size):
+    """n_windows window starts spread evenly over a .bin file: an evaluation that covers the
+    whole split, the same every time, with less variance than as many random windows."""
+    n_tokens = os.path.getsize(bin_path) // np.dtype(dtype).itemsize
+    return np.linspace(0, n_tokens - block_size - 1, n_windows).astype(np.int64).tolist()
+
+
+def sequential_starts(n_tokens, n_rows, block_size, step):
+    """Window starts of `n_rows` rows at training step `step` for data_order='sequential', and
+    whether this step starts the rows over. The split is cut into n_rows equal stretches; row g
+    reads its stretch block_size tokens at a time, so row g of step t+1 starts where row g of
+    step t ended, and after the last whole window of its stretch it wraps to the stretch's start.
+    A function of the step alone (no state): exact resume and any DDP world size come free.
+    All stretches hold as many windows, so every row wraps at the same step."""
+    stretch = n_tokens // n_rows
+    windows = (stretch - 1) // block_size  # whole windows of block_size + 1 tokens per stretch
+    if windows < 1:
+        raise ValueError(f"data_order='sequential' cuts {n_tokens:,} tokens into {n_rows} rows of "
+                         f"{stretch:,}, shorter than block_size + 1 = {block_size + 1}; use a "
+                         f"smaller batch_size, gradient_accumulation_steps or block_size")
+    k = step % windows
+    return [g * stretch + k * block_size for g in range(n_rows)], k == 0
+
+
+def sample_batch(bin_path, dtype, batch_size, block_size, generator=None, offsets=None):
+    """batch_size random windows of a .bin file (or the windows starting at `offsets`):
+    inputs x and next-token targets y, (B, T) int64.
+
+    The memmap is opened per batch on purpose: closing it releases the pages it touched, so
+    resident memory stays flat even when train.bin is far larger than RAM.
+    """
+    import torch  # only the training side needs torch; prepare scripts don't
+
+    data = np.memmap(bin_path, dtype=np.dtype(dtype), mode="r")
+    ix = offsets if offsets is not None else \
+        torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    rows = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
+    return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, T) each
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Loads only what a pickle builds without importing: dict, list, tuple, set, str, bytes, numbers,
+    bool, None. Every class or function reference (the way a pickle runs code) goes through
+    find_class, and find_class refuses them all."""
+
+    def __init__(self, file, path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module, name):
+        raise _RefusedGlobal(f"{self.path}: refusing to unpickle '{module}.{name}': meta.pkl may only hold "
+                             f"plain dicts, lists, strings and numbers. Re-create it with the dataset's prepare.py")
+
+
+class _RefusedGlobal(ValueError):
+    pass
+
+
+def safe_unpickle(path):
+    """pickle.load that cannot run code: plain data only, ValueError for anything else."""
+    with open(path, "rb") as f:
+        try:
+            return _PlainDataUnpickler(f, path).load()
+        except _RefusedGlobal:
+            raise
+        except Exception as e:  # truncated or corrupt: EOFError, UnpicklingError, ValueError, ...
+            raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e}); "
+                             f"re-create it with the dataset's prepare.py")
