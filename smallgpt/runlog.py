@@ -28,6 +28,7 @@ What it is not: a metrics framework. plot.py reads log.csv back to compare runs 
 import csv
 import math
 import os
+import threading
 import time
 
 COLUMNS = ("iter", "kind", "loss", "train_loss", "val_loss", "lr", "ms_per_iter", "tokens_per_s", "mfu",
@@ -105,9 +106,10 @@ def save_figure(fig, png_path):
 
 
 class RunLog:
-    # Drawing loss.png takes ~0.25 s (most of it PNG encoding); a small CPU run evaluates every
-    # few seconds, where redrawing at every eval cost 5% of the run. Draw at most this often,
-    # and always at the end.
+    # Drawing loss.png takes ~0.25 s (most of it PNG encoding) and importing matplotlib ~0.3 s;
+    # a small CPU run evaluates every few seconds, where redrawing at every eval cost 5% of the
+    # run. So: draw at the first eval, then at most this often, in a background thread while
+    # training goes on, and always at the end.
     min_seconds_between_plots = 20.0
 
     def __init__(self, out_dir, config, resume_iter=None, tensorboard=False, wandb=False,
@@ -130,9 +132,11 @@ class RunLog:
             self.csv_file.write(",".join(COLUMNS) + "\n")
             self.csv_file.flush()
 
-        self.make_figure = import_matplotlib() if plot else None
+        self.plot = plot
+        self.make_figure = None  # matplotlib's Figure class, imported at the first draw
         self.last_draw = None  # time.monotonic() of the last loss.png
         self.plot_is_stale = False
+        self.drawing = None  # the thread drawing loss.png in the background, if one is
 
         self.tb_writer = None
         if tensorboard:
@@ -201,17 +205,26 @@ class RunLog:
                                  "eval/accuracy": accuracy})
         if self.tb_writer is not None:
             self.tb_writer.flush()  # evals are rare, so flushing here costs nothing and a kill loses little
-        if self.make_figure is not None:
+        if self.plot:
             self.plot_is_stale = True
-            if self.last_draw is None or \
-                    time.monotonic() - self.last_draw >= self.min_seconds_between_plots:
-                self.draw()
+            busy = self.drawing is not None and self.drawing.is_alive()
+            if not busy and (self.last_draw is None or
+                             time.monotonic() - self.last_draw >= self.min_seconds_between_plots):
+                self.last_draw, self.plot_is_stale = time.monotonic(), False
+                # a snapshot of the rows: the loop goes on appending while the thread draws
+                self.drawing = threading.Thread(target=self.draw, args=(list(self.rows),), daemon=True)
+                self.drawing.start()
 
-    def draw(self):
-        """Draw loss.png from every row so far."""
-        self.last_draw, self.plot_is_stale = time.monotonic(), False
-        train = [r for r in self.rows if r["kind"] == "train" and r["loss"] is not None]
-        evals = [r for r in self.rows if r["kind"] == "eval"]
+    def draw(self, rows=None):
+        """Draw loss.png from `rows` (default: every row so far)."""
+        rows = self.rows if rows is None else rows
+        if self.make_figure is None:
+            self.make_figure = import_matplotlib()
+            if self.make_figure is None:
+                self.plot = False
+                return
+        train = [r for r in rows if r["kind"] == "train" and r["loss"] is not None]
+        evals = [r for r in rows if r["kind"] == "eval"]
         accuracy = [r for r in evals if r["accuracy"] is not None]
         fig = self.make_figure(figsize=(9, 7 if accuracy else 5))
         if accuracy:  # a panel of its own below: a fraction doesn't share an axis with losses
@@ -238,7 +251,7 @@ class RunLog:
         ax.grid(alpha=0.3)
 
         # lr comes from train rows and eval rows alike; sort so the line doesn't zigzag.
-        lr_points = sorted((r["iter"], r["lr"]) for r in self.rows if r["lr"] is not None and math.isfinite(r["lr"]))
+        lr_points = sorted((r["iter"], r["lr"]) for r in rows if r["lr"] is not None and math.isfinite(r["lr"]))
         lines, labels = ax.get_legend_handles_labels()
         if lr_points:
             lr_ax = ax.twinx()
@@ -254,9 +267,17 @@ class RunLog:
         fig.tight_layout()
         save_figure(fig, self.png_path)
 
+    def wait_for_plot(self):
+        """Return once the loss.png being drawn in the background (if any) is on disk."""
+        if self.drawing is not None:
+            self.drawing.join()
+            self.drawing = None
+
     def close(self):
         """Draw the last evals, flush and close everything; safe to call twice."""
-        if self.plot_is_stale:
+        self.wait_for_plot()  # before the final draw, which must be the last to write loss.png
+        if self.plot and self.plot_is_stale:
+            self.plot_is_stale = False
             self.draw()
         if not self.csv_file.closed:
             self.csv_file.close()

@@ -59,6 +59,7 @@ def test_csv_columns_values_and_png(tmp_path):
     assert float(evaluation["lr"]) == 9e-4
     assert evaluation["loss"] == evaluation["ms_per_iter"] == evaluation["tokens_per_s"] == evaluation["mfu"] == ""
 
+    log.wait_for_plot()  # the first eval draws loss.png, in the background
     assert_png(tmp_path / "loss.png")
     assert not (tmp_path / "loss.png.tmp").exists()
     log.close()
