@@ -92,7 +92,7 @@ dtype = 'auto'  # auto, float32, bfloat16, float16 (float16 adds a GradScaler)
 compile = True  # torch.compile the model (PyTorch 2)
 fast_cpu = True  # CPU speed-ups that keep the math (README: Performance); False = nanoGPT's path
 seed = 1337  # base random seed (each DDP rank adds its rank)
-peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul at start
+peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul (once per machine, then cached)
 # -----------------------------------------------------------------------------
 from configurator import configure, is_main_process, make_folder  # noqa: E402  (after the defaults)
 
@@ -106,7 +106,7 @@ block_size_given = block_size != 1024 or any(a.startswith('--block_size=') for a
 
 from smallgpt.checkpoint import (CheckpointError, fit_optimizer_state, load_checkpoint, peek_checkpoint, remove_stale_temp_files, resolve_name, save_checkpoint)  # noqa: E402
 from model import GPT, GPTConfig, XLMemory, set_fast_cpu  # noqa: E402
-from smallgpt.device import (autocast_context, measure_peak_flops, note, pick_device, pick_dtype, reuse_freed_memory)  # noqa: E402
+from smallgpt.device import (autocast_context, cached_peak_flops, note, pick_device, pick_dtype, reuse_freed_memory)  # noqa: E402
 from smallgpt.lines import LineDataset, is_line_dataset  # noqa: E402
 from smallgpt.dataloader import (count_tokens, eval_offsets, load_meta, sample_batch, sequential_starts)  # noqa: E402
 
@@ -438,8 +438,8 @@ if ddp and not fsdp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 
 if peak_flops <= 0 and master_process:
-    peak_flops = measure_peak_flops(device, dtype, size=4096 if device_type == 'cuda' else 1024)
-    print(f"measured {dtype} matmul peak: {peak_flops / 1e9:,.0f} GFLOP/s (MFU is relative to it)")
+    peak_flops = cached_peak_flops(device, dtype, size=4096 if device_type == 'cuda' else 1024)
+    print(f"{dtype} matmul peak: {peak_flops / 1e9:,.0f} GFLOP/s, measured once on this machine (MFU is relative to it)")
 
 
 # ----------------------------------------------------------------------------- helpers

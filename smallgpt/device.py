@@ -5,6 +5,7 @@ quick matmul benchmark for the device's peak FLOP/s (the denominator of MFU).
 Shared by train.py, sample.py and bench.py so all three pick the same device and dtype.
 """
 
+import inspect
 import os
 import sys
 import time
@@ -135,3 +136,75 @@ def measure_peak_flops(device, dtype, size=2048, seconds=0.5):
         sync(device_type)
         best = min(best, time.perf_counter() - t0)
     return 2 * size ** 3 / best
+
+
+def cached_peak_flops(device, dtype, size):
+    """measure_peak_flops, measured once per machine and remembered: the half-second benchmark
+    would otherwise delay every run's start (the MFU it feeds is a rough figure anyway). The
+    cache is a small JSON file, ~/.cache/smallgpt/peak_flops.json (XDG_CACHE_HOME honoured),
+    keyed by the processor, dtype, thread count and torch version; delete it to measure again.
+    Where it can't be read or written, this just measures."""
+    import json
+    import platform
+    device_type = "cuda" if "cuda" in device else device
+    if device_type == "cuda":
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((line.split(":", 1)[1].strip() for line in f
+                             if line.startswith("model name")), name)
+        except OSError:
+            pass
+    key = f"{name}|{device_type}|{dtype}|{torch.get_num_threads()} threads|torch {torch.__version__}|{size}"
+    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "smallgpt")
+    path = os.path.join(cache_dir, "peak_flops.json")
+    try:
+        with open(path) as f:
+            table = json.load(f)
+        if isinstance(table.get(key), (int, float)) and table[key] > 0:
+            return float(table[key])
+    except (OSError, ValueError, AttributeError):
+        table = {}
+    flops = measure_peak_flops(device, dtype, size=size)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        table = table if isinstance(table, dict) else {}
+        table[key] = flops
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(table, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return flops
+
+
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW, without importing torch._dynamo (a second's start-up) when nothing is
+    compiled. torch wraps Optimizer.step in a function that imports torch._dynamo at every call
+    (to place graph breaks for torch.compile) and a few Optimizer methods in one that imports it
+    at the first call. Eagerly, step is the same update under no_grad: the same kernels and
+    numbers (tests/test_bench.py checks both, bit for bit, and that dynamo stays unimported).
+    With compile=True, train.py uses torch.optim.AdamW itself."""
+
+    def step(self, closure=None):
+        with torch.no_grad():
+            # the innermost function: torch.optim.AdamW.step may already carry torch's
+            # profiling wrapper (added when any AdamW was built) around the dynamo one
+            return inspect.unwrap(torch.optim.AdamW.step)(self, closure)
+
+    @staticmethod
+    def skip_dynamo_wrappers():
+        """Mark the methods torch wraps with its lazy dynamo import as already handled: their
+        plain function is what runs eagerly anyway."""
+        for method in (torch.optim.Optimizer.add_param_group, torch.optim.Optimizer.zero_grad,
+                       torch.optim.Optimizer.state_dict, torch.optim.Optimizer.load_state_dict):
+            plain = getattr(method, "__wrapped__", None)
+            if plain is not None and not hasattr(plain, "__dynamo_disable"):
+                setattr(plain, "__dynamo_disable", plain)
+
+    def __init__(self, *args, **kwargs):
+        self.skip_dynamo_wrappers()
+        super().__init__(*args, **kwargs)
