@@ -8,7 +8,7 @@ A line dataset from any UTF-8 text file: each line is one sample (GPTBench's `ch
 The vocabulary is every character of the lines plus the end of line. Empty lines and repeats of
 an earlier line are dropped; the lines (shuffled with --shuffle) go 80/10/10 into train.bin,
 val.bin and test.bin. Then: python train.py --dataset=mylines --block_size=LONGEST ...
-The work is done by linedata.prepare_charline, shared with data/add and data/roman.
+The work is done by smallgpt.lines.prepare_charline, shared with data/add and data/roman.
 """
 
 import os

@@ -7,8 +7,8 @@ Tiny Shakespeare (about 1 MB, 40,000 lines of plays) as GPT-2 BPE tokens (tiktok
 
 Reads data/shakespeare/input.txt (downloading it from the url below when missing), cleans it (BOM, CRLF,
 Project Gutenberg header/footer) and writes train.bin, val.bin and meta.json next to this file.
-The work is done by textdata.prepare_bpe, shared with the other BPE datasets. Offline, tiktoken
-needs its files cached: set TIKTOKEN_CACHE_DIR (see shared/data/README.md).
+The work is done by smallgpt.prepare.prepare_bpe, shared with the other BPE datasets. Offline,
+tiktoken needs its files cached: set TIKTOKEN_CACHE_DIR (see shared/data/README.md).
 """
 
 import os
