@@ -36,6 +36,7 @@ if REPO not in sys.path:  # imported from an install: model.py (the one students
 
 from model import GPT  # noqa: E402  (after the line above)
 from smallgpt.checkpoint import load_model
+from smallgpt.quantize import quantize_weights
 from smallgpt.generate import TextSample, decode_samples
 from smallgpt.metrics import evaluate_lines, evaluate_tokens, line_accuracy, token_byte_lengths
 from smallgpt.interactive import prompt_loop, setting_error
@@ -172,15 +173,17 @@ def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5,
 
 
 # ----------------------------------------------------------------------------- a loaded model
-def load(source='out', checkpoint_name='ckpt.pt', device='cpu', dtype='float32'):
+def load(source='out', checkpoint_name='ckpt.pt', device='cpu', dtype='float32', weights_dtype='float32'):
     """A run folder written by train.py (its checkpoint_name), or GPT-2 ('gpt2', 'gpt2-xl', ...)
-    or a Hugging Face folder (it has a config.json): a Model with its tokenizer."""
+    or a Hugging Face folder (it has a config.json): a Model with its tokenizer. weights_dtype
+    'int8' or 'bfloat16' stores the weights in fewer bytes for faster decoding (sample.py's)."""
     is_hf = source.startswith('gpt2') or os.path.isfile(os.path.join(source, 'config.json'))
     device = pick_device(device)
     device_type = 'cuda' if 'cuda' in device else device
     dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
     model, meta, config = load_model(GPT, source if is_hf else 'resume', source, checkpoint_name,
                                      device)
+    quantize_weights(model, weights_dtype)
     return Model(model, Tokenizer.from_meta(meta), meta, config or {},
                  autocast_context(device_type, dtype))
 
