@@ -24,21 +24,10 @@ import re
 import sys
 import types
 
+from smallgpt.errors import UserError, fail, is_main_process
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
-
-
-def is_main_process():
-    """False in torchrun's ranks 1, 2, ...: they keep quiet, so a message is printed once.
-    torchrun sets RANK before the script starts, so this works before DDP is set up."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def fail(message, code=2):
-    """A user mistake: one line on stderr (from rank 0 only), a non-zero exit on every rank,
-    nothing done."""
-    if is_main_process():
-        print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+USAGE = 2  # the exit code of a command line that can't run (as argparse's); nothing was done
 
 
 def say(message):
@@ -47,15 +36,15 @@ def say(message):
 
 
 def make_folder(path, key):
-    """Create the folder that the setting `key` names (e.g. out_dir), or raise ValueError with
+    """Create the folder that the setting `key` names (e.g. out_dir), or raise UserError with
     one line saying why it can't be and what to pass instead."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--{key}={path} is a file, not a folder; pass another --{key} "
+        raise UserError(f"--{key}={path} is a file, not a folder; pass another --{key} "
                          f"(or move the file away)")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:  # a parent that is a file, no permission, read-only disk, ...
-        raise ValueError(f"can't create the folder --{key}={path} ({e.strerror}); "
+        raise UserError(f"can't create the folder --{key}={path} ({e.strerror}); "
                          f"pass another --{key}") from None
 
 
@@ -117,7 +106,7 @@ def find_config_file(arg):
         if os.path.isfile(path):
             return path
     fail(f"config file {arg!r} not found (looked for {', '.join(candidates)}); "
-         f"ls {os.path.relpath(CONFIG_DIR)} lists the ones that ship")
+         f"ls {os.path.relpath(CONFIG_DIR)} lists the ones that ship", USAGE)
 
 
 def print_help(script, keys, namespace):
@@ -158,7 +147,7 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
                 if a.startswith("--") and not a.startswith(("--config-path=", "--config-name="))]
     unknown = [k for k in cli_keys if k not in keys]
     if unknown:  # all of them at once, before any config file runs
-        fail(unknown_keys_message(unknown, keys, "command line"))
+        fail(unknown_keys_message(unknown, keys, "command line"), USAGE)
 
     for arg in argv:
         if arg.startswith("--config-path="):
@@ -172,7 +161,7 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
             try:
                 exec(compile(open(path, encoding="utf-8").read(), path, "exec"), scope)
             except Exception as e:  # a config file is user code: report where it broke
-                fail(f"{path}: {type(e).__name__}: {e}")
+                fail(f"{path}: {type(e).__name__}: {e}", USAGE)
             changed = {k: v for k, v in scope.items()
                        if not k.startswith("_") and k != "__builtins__"
                        and not isinstance(v, types.ModuleType) and not callable(v)  # imports, helpers
@@ -180,20 +169,20 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
             changed = {k: v for k, v in changed.items() if k not in ignore}
             unknown = [k for k in changed if k not in keys]
             if unknown:
-                fail(unknown_keys_message(unknown, keys, path))
+                fail(unknown_keys_message(unknown, keys, path), USAGE)
             for k, v in changed.items():
                 try:
                     namespace[k] = coerce(k, v, namespace[k])
                 except ValueError as e:
-                    fail(f"{path}: {k}: {e}")
+                    fail(f"{path}: {k}: {e}", USAGE)
         else:
             key, sep, raw = arg[2:].partition("=")
             if not sep:
-                fail(f"{arg} needs a value: --{key}=VALUE")
+                fail(f"{arg} needs a value: --{key}=VALUE", USAGE)
             try:
                 namespace[key] = coerce(key, parse_value(raw, namespace[key]), namespace[key])
             except ValueError as e:
-                fail(f"--{key}: {e}")
+                fail(f"--{key}: {e}", USAGE)
             if echo:
                 say(f"Overriding: {key} = {namespace[key]!r}")
     final = {k: namespace[k] for k in keys}

@@ -94,7 +94,7 @@ fast_cpu = True  # CPU speed-ups that keep the math (README: Performance); False
 seed = 1337  # base random seed (each DDP rank adds its rank)
 peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul at start
 # -----------------------------------------------------------------------------
-from configurator import configure, is_main_process, make_folder  # noqa: E402  (after the defaults)
+from configurator import configure, make_folder  # noqa: E402  (after the defaults)
 
 VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share',
                 'attention')
@@ -106,19 +106,12 @@ block_size_given = block_size != 1024 or any(a.startswith('--block_size=') for a
 
 from smallgpt.checkpoint import (CheckpointError, fit_optimizer_state, load_checkpoint, peek_checkpoint, remove_stale_temp_files, resolve_name, save_checkpoint)  # noqa: E402
 from model import GPT, GPTConfig, XLMemory, set_fast_cpu  # noqa: E402
-from smallgpt.device import (autocast_context, measure_peak_flops, note, pick_device, pick_dtype, reuse_freed_memory)  # noqa: E402
+from smallgpt.device import (autocast_context, device_type_of, measure_peak_flops, note, pick_device, pick_dtype, reuse_freed_memory)  # noqa: E402
+from smallgpt.errors import fail  # noqa: E402
 from smallgpt.lines import LineDataset, is_line_dataset  # noqa: E402
 from smallgpt.dataloader import (count_tokens, eval_offsets, load_meta, sample_batch, sequential_starts)  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-
-
-def fail(message, code=1):
-    """A user mistake found before training: one line, printed once (rank 0 under torchrun);
-    every rank exits non-zero, so torchrun stops the job."""
-    if is_main_process():
-        print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -198,7 +191,7 @@ try:
     device = pick_device(device)
 except ValueError as e:
     fail(e)
-device_type = 'cuda' if 'cuda' in device else device.split(':')[0]
+device_type = device_type_of(device)
 if ddp:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP

@@ -16,12 +16,13 @@ import warnings
 import torch
 
 from smallgpt.dataloader import load_meta
+from smallgpt.errors import UserError
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, above smallgpt/
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that can't be used; the message is one line that names the file."""
 
 

@@ -11,29 +11,31 @@ import pickle
 
 import numpy as np
 
+from smallgpt.errors import UserError
+
 META_VERSION = 1  # bump when meta.json changes meaning; load_meta refuses other versions
 
 
 def _check_meta(meta, path):
-    """One-line ValueError naming the file when meta.json is not what write_meta writes."""
+    """One-line UserError naming the file when meta.json is not what write_meta writes."""
     fix = "re-create it with the dataset's prepare.py"
     if not isinstance(meta, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}; {fix}")
+        raise UserError(f"{path}: expected a JSON object, got {type(meta).__name__}; {fix}")
     if meta.get("version") != META_VERSION:
-        raise ValueError(f"{path}: meta version {meta.get('version')!r}, this code reads version {META_VERSION}; {fix}")
+        raise UserError(f"{path}: meta version {meta.get('version')!r}, this code reads version {META_VERSION}; {fix}")
     if meta.get("tokenizer") not in ("char", "tiktoken"):
-        raise ValueError(f"{path}: tokenizer must be 'char' or 'tiktoken', got {meta.get('tokenizer')!r}; {fix}")
+        raise UserError(f"{path}: tokenizer must be 'char' or 'tiktoken', got {meta.get('tokenizer')!r}; {fix}")
     if not isinstance(meta.get("vocab_size"), int) or meta["vocab_size"] <= 0:
-        raise ValueError(f"{path}: vocab_size must be a positive integer, got {meta.get('vocab_size')!r}; {fix}")
+        raise UserError(f"{path}: vocab_size must be a positive integer, got {meta.get('vocab_size')!r}; {fix}")
     if meta.get("dtype") not in ("uint16", "uint32"):
-        raise ValueError(f"{path}: dtype must be 'uint16' or 'uint32', got {meta.get('dtype')!r}; {fix}")
+        raise UserError(f"{path}: dtype must be 'uint16' or 'uint32', got {meta.get('dtype')!r}; {fix}")
     if meta["tokenizer"] == "char":
         chars = meta.get("chars")
         if not isinstance(chars, list) or len(chars) != meta["vocab_size"] \
                 or not all(isinstance(c, str) and len(c) == 1 for c in chars):
-            raise ValueError(f"{path}: 'chars' must list vocab_size={meta['vocab_size']} single characters; {fix}")
+            raise UserError(f"{path}: 'chars' must list vocab_size={meta['vocab_size']} single characters; {fix}")
     elif not isinstance(meta.get("encoding"), str):
-        raise ValueError(f"{path}: a tiktoken meta needs an 'encoding' name such as 'gpt2'; {fix}")
+        raise UserError(f"{path}: a tiktoken meta needs an 'encoding' name such as 'gpt2'; {fix}")
 
 
 def load_meta(dataset_dir) -> dict | None:
@@ -45,7 +47,7 @@ def load_meta(dataset_dir) -> dict | None:
             with open(json_path, encoding="utf-8") as f:
                 meta = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{json_path}: not valid JSON ({e}); re-create it with the dataset's prepare.py")
+            raise UserError(f"{json_path}: not valid JSON ({e}); re-create it with the dataset's prepare.py")
         _check_meta(meta, json_path)
         return meta
     if os.path.exists(pkl_path):
@@ -53,11 +55,11 @@ def load_meta(dataset_dir) -> dict | None:
         fix = "re-create it with the dataset's prepare.py"
         if not isinstance(old, dict) or not isinstance(old.get("vocab_size"), int) \
                 or not isinstance(old.get("itos"), dict):
-            raise ValueError(f"{pkl_path}: expected a dict with 'vocab_size' and 'itos' (nanoGPT char meta); {fix}")
+            raise UserError(f"{pkl_path}: expected a dict with 'vocab_size' and 'itos' (nanoGPT char meta); {fix}")
         try:
             chars = [old["itos"][i] for i in range(old["vocab_size"])]
         except KeyError as e:
-            raise ValueError(f"{pkl_path}: itos has no entry for token id {e}; {fix}")
+            raise UserError(f"{pkl_path}: itos has no entry for token id {e}; {fix}")
         meta = {"version": META_VERSION, "tokenizer": "char", "vocab_size": old["vocab_size"],
                 "dtype": "uint16",  # nanoGPT always wrote uint16
                 "chars": chars,
@@ -75,11 +77,11 @@ def _count_tokens(dataset_dir, name, dtype):
 
 
 def count_tokens(bin_path, dtype):
-    """The number of tokens in a .bin file. ValueError, naming the file, when its size is not a
+    """The number of tokens in a .bin file. UserError, naming the file, when its size is not a
     whole number of tokens: numpy would refuse to map it with a traceback."""
     size, itemsize = os.path.getsize(bin_path), np.dtype(dtype).itemsize
     if size % itemsize:
-        raise ValueError(f"{bin_path} is {size:,} bytes, not a whole number of {np.dtype(dtype).name} "
+        raise UserError(f"{bin_path} is {size:,} bytes, not a whole number of {np.dtype(dtype).name} "
                          f"tokens ({itemsize} bytes each): the file was cut short (a full disk, an "
                          f"interrupted copy?) or meta.json names the wrong dtype; re-create it")
     return size // itemsize
@@ -102,7 +104,7 @@ def sequential_starts(n_tokens, n_rows, block_size, step):
     stretch = n_tokens // n_rows
     windows = (stretch - 1) // block_size  # whole windows of block_size + 1 tokens per stretch
     if windows < 1:
-        raise ValueError(f"data_order='sequential' cuts {n_tokens:,} tokens into {n_rows} rows of "
+        raise UserError(f"data_order='sequential' cuts {n_tokens:,} tokens into {n_rows} rows of "
                          f"{stretch:,}, shorter than block_size + 1 = {block_size + 1}; use a "
                          f"smaller batch_size, gradient_accumulation_steps or block_size")
     k = step % windows
@@ -139,17 +141,17 @@ class _PlainDataUnpickler(pickle.Unpickler):
                              f"plain dicts, lists, strings and numbers. Re-create it with the dataset's prepare.py")
 
 
-class _RefusedGlobal(ValueError):
+class _RefusedGlobal(UserError):
     pass
 
 
 def safe_unpickle(path):
-    """pickle.load that cannot run code: plain data only, ValueError for anything else."""
+    """pickle.load that cannot run code: plain data only, UserError for anything else."""
     with open(path, "rb") as f:
         try:
             return _PlainDataUnpickler(f, path).load()
         except _RefusedGlobal:
             raise
         except Exception as e:  # truncated or corrupt: EOFError, UnpicklingError, ValueError, ...
-            raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e}); "
+            raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e}); "
                              f"re-create it with the dataset's prepare.py")

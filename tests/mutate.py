@@ -308,8 +308,8 @@ MUTANTS = [
            "    if False:  # all of them at once, before any config file runs",
            ("tests/test_configurator.py",)),
     Mutant("unknown-config-file-keys-accepted", "configurator.py",
-           "            if unknown:\n                fail(unknown_keys_message(unknown, keys, path))",
-           "            if False:\n                fail(unknown_keys_message(unknown, keys, path))",
+           "            if unknown:\n                fail(unknown_keys_message(unknown, keys, path), USAGE)",
+           "            if False:\n                fail(unknown_keys_message(unknown, keys, path), USAGE)",
            ("tests/test_configurator.py",)),
     # ---------------------------------------------------------------- attention variants (#11)
     Mutant("rope-frequencies-doubled", "model.py",
