@@ -90,13 +90,11 @@ import os  # noqa: E402
 
 from smallgpt.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from smallgpt.kvcache import KVCache  # noqa: E402
-from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
+from model import GPT, GPTConfig, VARIANT_KEYS, set_fast_cpu  # noqa: E402
 from smallgpt.device import (autocast_context, device_type_of, measure_peak_flops, pick_device, pick_dtype, reuse_freed_memory, sync)  # noqa: E402
 from smallgpt.dataloader import count_tokens, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share',
-                'attention')
 MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') + VARIANT_KEYS
 
 if quick:

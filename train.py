@@ -96,8 +96,7 @@ peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul 
 # -----------------------------------------------------------------------------
 from configurator import configure, make_folder  # noqa: E402  (after the defaults)
 
-VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share',
-                'attention')
+from model import VARIANT_KEYS  # noqa: E402  (GPTConfig's variant fields)
 VARIANT_DEFAULTS = {key: globals()[key] for key in VARIANT_KEYS}  # before any override
 config = configure(globals())
 # a block_size set by the user (not the default 1024 above) that is longer than a resumed or
