@@ -8,7 +8,9 @@ its defaults. Right after it the script calls `config = configure(globals())`, w
   2. applies `--key=value` overrides: the value is read with ast.literal_eval, else taken as a
      raw string, and checked against the type of the default (an int is fine for a float,
      true/false in any case are booleans, the value may itself contain '=');
-  3. returns the final {key: value} dict (what checkpoints record as `config`).
+  3. returns the final {key: value} dict (what checkpoints record as `config`); with
+     return_given=True also the set of keys a config file or --key=value set (even to the
+     default's value: train.py's block_size=1024 in config/train_gpt2.py counts as given).
 Keys that aren't in the defaults block stop the run before any work, with the closest known
 names. `-h` / `--help` prints the defaults block with its comments. NANOGPT_DRY_RUN=1 in the
 environment checks a command line (config files, keys, types) and prints the settings it would
@@ -133,11 +135,28 @@ def print_help(script, keys, namespace):
     sys.exit(0)
 
 
-def configure(namespace, argv=None, script=None, ignore=(), echo=True):
+def assigned_names(tree):
+    """The names a config file's top level assigns (`x = ...`, `x += ...`, in if/for blocks too),
+    not those inside its functions or classes: the keys the file sets, whatever the value (an
+    assignment of the default's value is a choice the file made)."""
+    names, todo = set(), [tree]
+    while todo:
+        for child in ast.iter_child_nodes(todo.pop()):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                continue  # their own scope
+            if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                names.add(child.id)
+            todo.append(child)
+    return names
+
+
+def configure(namespace, argv=None, script=None, ignore=(), echo=True, return_given=False):
     """Apply config files and --key=value overrides from argv to `namespace` (a script's
-    globals()); return the final settings as a dict. Keys in `ignore` may appear in config
-    files (e.g. train.py's keys, read by bench.py) and are skipped. echo=False keeps quiet
-    about what was overridden (sample.py: its stdout is the generated text)."""
+    globals()); return the final settings as a dict, and with return_given=True also the set of
+    keys that a config file or --key=value set (given, even when to the default's value). Keys
+    in `ignore` may appear in config files (e.g. train.py's keys, read by bench.py) and are
+    skipped. echo=False keeps quiet about what was overridden (sample.py: its stdout is the
+    generated text)."""
     argv = sys.argv[1:] if argv is None else argv
     script = script or namespace.get("__file__")
     keys = config_keys(namespace)
@@ -149,6 +168,7 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
     if unknown:  # all of them at once, before any config file runs
         fail(unknown_keys_message(unknown, keys, "command line"), USAGE)
 
+    given = set()
     for arg in argv:
         if arg.startswith("--config-path="):
             continue  # Hydra-style launch lines: --config-path=config --config-name=NAME
@@ -159,7 +179,8 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
             scope = {k: namespace[k] for k in keys}
             scope.update({k: '' for k in ignore if k not in scope})  # readable, unused
             try:
-                exec(compile(open(path, encoding="utf-8").read(), path, "exec"), scope)
+                tree = ast.parse(open(path, encoding="utf-8").read(), path)
+                exec(compile(tree, path, "exec"), scope)
             except Exception as e:  # a config file is user code: report where it broke
                 fail(f"{path}: {type(e).__name__}: {e}", USAGE)
             changed = {k: v for k, v in scope.items()
@@ -175,6 +196,7 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
                     namespace[k] = coerce(k, v, namespace[k])
                 except ValueError as e:
                     fail(f"{path}: {k}: {e}", USAGE)
+            given |= set(changed) | {k for k in assigned_names(tree) if k in keys and k not in ignore}
         else:
             key, sep, raw = arg[2:].partition("=")
             if not sep:
@@ -183,6 +205,7 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
                 namespace[key] = coerce(key, parse_value(raw, namespace[key]), namespace[key])
             except ValueError as e:
                 fail(f"--{key}: {e}", USAGE)
+            given.add(key)
             if echo:
                 say(f"Overriding: {key} = {namespace[key]!r}")
     final = {k: namespace[k] for k in keys}
@@ -191,4 +214,4 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
         for k, v in final.items():
             say(f"  {k} = {v!r}")
         sys.exit(0)
-    return final
+    return (final, given) if return_given else final

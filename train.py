@@ -96,12 +96,13 @@ peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul 
 # -----------------------------------------------------------------------------
 from configurator import configure, make_folder  # noqa: E402  (after the defaults)
 
+# given: the keys a config file or --key=value set, e.g. block_size even when set to 1024. A
+# block_size the user gave that is longer than a resumed or GPT-2 model's grows the model's
+# context; left at its default, the model keeps its own
+config, given = configure(globals(), return_given=True)
+block_size_given = 'block_size' in given
+
 from model import VARIANT_KEYS  # noqa: E402  (GPTConfig's variant fields)
-VARIANT_DEFAULTS = {key: globals()[key] for key in VARIANT_KEYS}  # before any override
-config = configure(globals())
-# a block_size set by the user (not the default 1024 above) that is longer than a resumed or
-# GPT-2 model's grows the model's context; the default keeps the model's own
-block_size_given = block_size != 1024 or any(a.startswith('--block_size=') for a in sys.argv[1:])
 
 from smallgpt.checkpoint import (CheckpointError, fit_optimizer_state, load_checkpoint, peek_checkpoint, remove_stale_temp_files, resolve_name, save_checkpoint)  # noqa: E402
 from model import GPT, GPTConfig, XLMemory, set_fast_cpu  # noqa: E402
@@ -333,8 +334,7 @@ else:
 if init_from != 'scratch' and master_process:
     # the architecture comes from the checkpoint or the weights; say so when a variant setting
     # asked for something else, rather than train a model the user did not ask for in silence
-    ignored = [k for k in VARIANT_KEYS
-               if config[k] != VARIANT_DEFAULTS[k] and config[k] != getattr(model.config, k)]
+    ignored = [k for k in VARIANT_KEYS if k in given and config[k] != getattr(model.config, k)]
     if ignored:
         asked = ', '.join(f"{k}={config[k]!r}" for k in ignored)
         kept = ', '.join(f"{k}={getattr(model.config, k)!r}" for k in ignored)
