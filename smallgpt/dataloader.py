@@ -1,13 +1,17 @@
 """
 Reading a prepared dataset: meta.json (checked), token counts, and the windows a batch is cut
 from (random, sequential, or evenly spread for evaluation), read from the memory-mapped
-train.bin / val.bin. A nanoGPT folder with a meta.pkl still loads, through a pickle reader that
-refuses to import anything, so a meta.pkl from the internet cannot run code on your machine.
+train.bin / val.bin; and Batches, the batch source of a training run (this rank's micro-batches,
+the evaluation's batches). A nanoGPT folder with a meta.pkl still loads, through a pickle reader
+that refuses to import anything, so a meta.pkl from the internet cannot run code on your machine.
+
+torch is imported only where a tensor is made: the prepare scripts read this module too.
 """
 
 import json
 import os
 import pickle
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -155,3 +159,117 @@ def safe_unpickle(path):
         except Exception as e:  # truncated or corrupt: EOFError, UnpicklingError, ValueError, ...
             raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e}); "
                              f"re-create it with the dataset's prepare.py")
+
+
+# ----------------------------------------------------------------------------- a training run's batches
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset folder as a training run reads it (runsetup.open_dataset checks and
+    opens one)."""
+    name: str  # the dataset setting: a folder under data/, or a path
+    folder: str
+    meta: dict | None  # None: GPT-2 token ids without a meta.json (nanoGPT's openwebtext)
+    token_dtype: np.dtype
+    split_tokens: dict  # split -> tokens in its .bin
+    lines: object = None  # a LineDataset (smallgpt/lines.py): one line per window; None = running text
+
+    def path(self, split):
+        return os.path.join(self.folder, f"{split}.bin")
+
+
+class Batches:
+    """The batches of one training run on this process: windows of block_size + 1 tokens cut from
+    train.bin / val.bin (a line dataset: one line per window, padded), as inputs and next-token
+    targets on `device`.
+
+    Training batches come from one global stream: the sampler has its own generator (so its
+    position is saved and resumed exactly), seeded alike on every rank; each optimizer step draws
+    all micro_steps x world_size micro-batches of the step and each rank keeps every
+    world_size-th, from its rank, so 1 process x 4 micro-batches, 2 x 2 and 4 x 1 train on the
+    same windows (README: Distributed training). data_order='sequential': row g of the global
+    batch continues its own stretch of text (sequential_starts), and where the rows start over
+    `memories` (TransformerXL's, one per micro-batch of this rank, handed in) are emptied.
+    UserError at once when the data can't give windows of block_size."""
+
+    def __init__(self, data, batch_size, block_size, device, data_order="random", micro_steps=1,
+                 rank=0, world_size=1, seed=1337, memories=()):
+        import torch
+
+        self.data, self.batch_size, self.block_size, self.device = data, batch_size, block_size, device
+        self.data_order, self.micro_steps, self.rank, self.world_size = data_order, micro_steps, rank, world_size
+        self.memories = memories
+        self.pin_memory = torch.device(device).type == "cuda"  # the copy then overlaps with compute
+        self.generator = torch.Generator().manual_seed(seed)
+        if data.lines is not None:
+            try:
+                data.lines.check_block_size(block_size)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        for split, n_tokens in data.split_tokens.items():
+            if n_tokens <= block_size and data.lines is None:  # a window of a line dataset is one line
+                raise UserError(f"{split}.bin of {data.name!r} has {n_tokens} tokens, not more than "
+                                f"block_size={block_size}; use a smaller --block_size or more text")
+            if data_order == "sequential":
+                rows = batch_size * (micro_steps * world_size if split == "train" else 1)
+                try:
+                    sequential_starts(n_tokens, rows, block_size, 0)
+                except UserError as e:
+                    raise UserError(f"{split}.bin: {e}") from None
+
+    def get(self, split, offsets):
+        """The windows starting at `offsets` (line numbers for a line dataset): x, y (B, T)."""
+        if self.data.lines is not None:  # one line per window
+            x, y = self.data.lines.batch(split, len(offsets), self.block_size, line_indices=offsets)
+        else:
+            x, y = sample_batch(self.data.path(split), self.data.token_dtype, len(offsets),
+                                self.block_size, offsets=offsets)  # (B, T) each
+        if self.pin_memory:
+            return x.pin_memory().to(self.device, non_blocking=True), \
+                y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+    def next_step(self, iter_num):
+        """Where this rank's micro-batches of optimizer step `iter_num` start: a list of
+        micro_steps lists of batch_size window starts (line numbers for a line dataset)."""
+        import torch
+
+        n_micro = self.micro_steps * self.world_size
+        if self.data_order == "sequential":  # row g of the global batch continues its own stretch
+            starts, wrapped = sequential_starts(self.data.split_tokens["train"], n_micro * self.batch_size,
+                                                self.block_size, iter_num)
+            if wrapped:  # every row starts its stretch over: what XL remembers no longer precedes it
+                for memory in self.memories:
+                    memory.reset()
+            draws = [starts[m * self.batch_size:(m + 1) * self.batch_size] for m in range(n_micro)]
+            return draws[self.rank::self.world_size]
+        n = len(self.data.lines.splits["train"]) if self.data.lines is not None else \
+            self.data.split_tokens["train"] - self.block_size  # the last start that leaves a whole window
+        draws = [torch.randint(n, (self.batch_size,), generator=self.generator).tolist()
+                 for _ in range(n_micro)]
+        return draws[self.rank::self.world_size]
+
+    def eval_plan(self, split, eval_iters, every_rank_alike=False):
+        """The batches one evaluation of `split` reads on this rank, as (offsets, counted, wrapped):
+        eval_iters batches whose windows are spread evenly over the whole split, the same at every
+        eval (successive evals compare like with like, with less noise than random windows, and
+        the training stream is untouched); each rank takes every world_size-th, so the sums
+        added over the ranks are the same for any number of processes. every_rank_alike (FSDP,
+        where a forward is collective): every rank reads as many, the extra ones (batch 0 again)
+        not counted. data_order='sequential': every rank reads all eval_iters batches in order,
+        each row continuing its stretch, `wrapped` where the rows start over."""
+        if self.data_order == "sequential":
+            plan = []
+            for i in range(eval_iters):
+                starts, wrapped = sequential_starts(self.data.split_tokens[split], self.batch_size,
+                                                    self.block_size, i)
+                plan.append((starts, True, wrapped))
+            return plan
+        n_windows = eval_iters * self.batch_size
+        offsets = self.data.lines.eval_lines(split, n_windows) if self.data.lines is not None else \
+            eval_offsets(self.data.path(split), self.data.token_dtype, n_windows, self.block_size)
+        batches = list(range(eval_iters)[self.rank::self.world_size])
+        if every_rank_alike:
+            batches += [-1] * (-(-eval_iters // self.world_size) - len(batches))
+        return [(offsets[max(i, 0) * self.batch_size:(max(i, 0) + 1) * self.batch_size], i >= 0, False)
+                for i in batches]
