@@ -91,13 +91,11 @@ import os  # noqa: E402
 
 from smallgpt.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from smallgpt.kvcache import KVCache  # noqa: E402
-from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
-from smallgpt.device import (autocast_context, measure_peak_flops, pick_device, pick_dtype, reuse_freed_memory, sync)  # noqa: E402
+from model import GPT, GPTConfig, VARIANT_KEYS, set_fast_cpu  # noqa: E402
+from smallgpt.device import (autocast_context, device_type_of, measure_peak_flops, pick_device, pick_dtype, reuse_freed_memory, sync)  # noqa: E402
 from smallgpt.dataloader import count_tokens, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share',
-                'attention')
 MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') + VARIANT_KEYS
 
 if quick:
@@ -126,7 +124,7 @@ class Runner:
         self.s, self.label = s, label
         try:
             self.device = pick_device(s['device'])
-            self.device_type = 'cuda' if 'cuda' in self.device else self.device
+            self.device_type = device_type_of(self.device)
             self.dtype = pick_dtype(s['dtype'], self.device_type, quiet=True,
                                     training=s['mode'] == 'train')
         except ValueError as e:

@@ -17,10 +17,8 @@ tokens, bytes, and accuracy for line datasets) and nothing else on stdout.
 
 import json as json_module  # `json` is a setting below
 import os
-import sys
 
 import numpy as np
-import torch
 
 # -----------------------------------------------------------------------------
 # defaults (a config file or --key=value overrides any of these)
@@ -51,17 +49,13 @@ from smallgpt.checkpoint import load_model  # noqa: E402
 from smallgpt.quantize import quantize_weights  # noqa: E402
 from smallgpt.metrics import evaluate_lines, evaluate_tokens, line_accuracy, token_byte_lengths  # noqa: E402
 from smallgpt.lines import LineDataset, is_line_dataset  # noqa: E402
-from smallgpt.device import autocast_context, pick_device, pick_dtype  # noqa: E402
+from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype  # noqa: E402
+from smallgpt.errors import fail  # noqa: E402
 from smallgpt.tokenizer import Tokenizer  # noqa: E402
 from smallgpt.dataloader import count_tokens, load_meta  # noqa: E402
 from smallgpt.prepare import read_utf8  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -82,7 +76,7 @@ if text and not os.path.isfile(text):
 # ----------------------------------------------------------------------------- model
 try:
     device = pick_device(device)
-    device_type = 'cuda' if 'cuda' in device else device
+    device_type = device_type_of(device)
     dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
     model, meta, trained = load_model(GPT, init_from, out_dir, checkpoint_name, device)
     quantize_weights(model, weights_dtype)

@@ -15,7 +15,6 @@ and cannot be exported.
 """
 
 import os
-import sys
 
 import torch
 
@@ -34,15 +33,11 @@ configure(globals())
 
 from model import GPT  # noqa: E402
 from smallgpt.checkpoint import (CheckpointError, load_checkpoint, resolve_name)  # noqa: E402
+from smallgpt.errors import fail  # noqa: E402
 from smallgpt.hf.common import GPT2_BPE_VOCAB_SIZES  # noqa: E402
 from smallgpt.hf.convert import save_hf  # noqa: E402
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 # ----------------------------------------------------------------------------- load

@@ -32,6 +32,9 @@ from smallgpt.linear_attention import causal_linear_attention, feature_map
 
 # nanoGPT's checkpoints store exactly these model_args; keep them so either repo reads the other's.
 NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+# GPTConfig's attention-variant fields below; train.py and bench.py take each as a setting of that name
+VARIANT_KEYS = ("pos_emb", "rope_theta", "n_kv_head", "attn_window", "window_pattern", "kv_share",
+                "attention")
 
 
 @dataclass

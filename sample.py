@@ -54,18 +54,14 @@ configure(globals(), echo=False)  # stdout is only the generated text
 from model import GPT  # noqa: E402
 from smallgpt.checkpoint import load_model  # noqa: E402
 from smallgpt.quantize import quantize_weights  # noqa: E402
-from smallgpt.device import autocast_context, pick_device, pick_dtype  # noqa: E402
+from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype  # noqa: E402
+from smallgpt.errors import fail  # noqa: E402
 from smallgpt.generate import TextSample, decode_samples  # noqa: E402
 from smallgpt.tokenizer import EOT_TEXT, Tokenizer, encode_prompt  # noqa: E402
 from smallgpt.interactive import setting_error  # noqa: E402
 from smallgpt.lines import is_line_dataset  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 def unescape(text):
@@ -84,7 +80,7 @@ for _name, _value in settings.items():  # before loading anything: a typo costs 
 # ----------------------------------------------------------------------------- model + vocab
 try:
     device = pick_device(device)
-    device_type = 'cuda' if 'cuda' in device else device
+    device_type = device_type_of(device)
     dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
 except ValueError as e:
     fail(e)

@@ -42,7 +42,7 @@ from smallgpt.metrics import evaluate_lines, evaluate_tokens, line_accuracy, tok
 from smallgpt.interactive import prompt_loop, setting_error
 from smallgpt.lines import LineDataset, is_line_dataset
 from smallgpt.runlog import read_log
-from smallgpt.device import autocast_context, pick_device, pick_dtype
+from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype
 from smallgpt.tokenizer import Tokenizer, encode_prompt
 from smallgpt.dataloader import load_meta
 from smallgpt.prepare import read_utf8
@@ -179,7 +179,7 @@ def load(source='out', checkpoint_name='ckpt.pt', device='cpu', dtype='float32',
     'int8' or 'bfloat16' stores the weights in fewer bytes for faster decoding (sample.py's)."""
     is_hf = source.startswith('gpt2') or os.path.isfile(os.path.join(source, 'config.json'))
     device = pick_device(device)
-    device_type = 'cuda' if 'cuda' in device else device
+    device_type = device_type_of(device)
     dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
     model, meta, config = load_model(GPT, source if is_hf else 'resume', source, checkpoint_name,
                                      device)

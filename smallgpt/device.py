@@ -13,6 +13,8 @@ from contextlib import nullcontext
 
 import torch
 
+from smallgpt.errors import UserError, is_main_process
+
 PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -25,12 +27,18 @@ def pick_device(device="auto"):
             return "mps"
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but torch sees no CUDA GPU; use --device=cpu "
+        raise UserError(f"device={device!r} but torch sees no CUDA GPU; use --device=cpu "
                          f"(or install a CUDA build of torch)")
     if device == "mps" and not (getattr(torch.backends, "mps", None)
                                 and torch.backends.mps.is_available()):
-        raise ValueError("device='mps' but this torch has no MPS support; use --device=cpu")
+        raise UserError("device='mps' but this torch has no MPS support; use --device=cpu")
     return device
+
+
+def device_type_of(device):
+    """'cuda' for 'cuda' or 'cuda:1', else the name before any ':' ('cpu', 'mps'): the kind of
+    device that torch.autocast, GradScaler and the fused optimizers ask for."""
+    return "cuda" if "cuda" in device else device.split(":")[0]
 
 
 CPU_BF16_ENV = "NANOGPT_CPU_BF16"  # 1 / 0: answer the bf16 check below yes / no on any CPU
@@ -46,7 +54,7 @@ def cpu_has_fast_bf16():
     if forced in ("0", "1"):
         return forced == "1"
     if forced:
-        raise ValueError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 units), 0 (none) or leave it unset")
+        raise UserError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 units), 0 (none) or leave it unset")
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -69,7 +77,7 @@ def pick_dtype(dtype, device_type, quiet=False, training=True):
             note("this CPU has no bf16 matrix units: running in float32 (bf16 would be slower)")
         return "float32"
     if dtype not in PTDTYPE:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     if dtype == "float16" and device_type == "cpu":
         note("float16 on a CPU is slow and needs loss scaling; bfloat16 or float32 is better")
     return dtype
@@ -110,7 +118,8 @@ def reuse_freed_memory():
 
 
 def note(message):
-    if os.environ.get("RANK", "0") == "0":
+    """A one-line remark on stderr (rank 0 only): a setting adjusted, a slower path taken."""
+    if is_main_process():
         print(f"note: {message}", file=sys.stderr)
 
 
@@ -123,7 +132,7 @@ def sync(device_type):
 
 def measure_peak_flops(device, dtype, size=2048, seconds=0.5):
     """Best achieved FLOP/s of a square matmul in `dtype` (the run's compute dtype)."""
-    device_type = "cuda" if "cuda" in device else device
+    device_type = device_type_of(device)
     a = torch.randn(size, size, device=device, dtype=PTDTYPE[dtype])
     b = torch.randn(size, size, device=device, dtype=PTDTYPE[dtype])
     best = float("inf")

@@ -15,7 +15,6 @@ Each mechanism against a reference that does not run the code under test:
 Offline: the datasets are conftest's generated text; the models are tiny and random.
 """
 
-import math
 import os
 import sys
 

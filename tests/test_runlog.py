@@ -8,7 +8,6 @@ installed; the wandb test runs with WANDB_MODE=offline and is skipped when wandb
 """
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
