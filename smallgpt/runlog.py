@@ -21,7 +21,8 @@ What lands in out_dir:
                   filled in) and carries on below it.
     log.N.csv     an earlier log, kept whole: set aside (with its loss.png as loss.N.png) when
                   a new run in the same out_dir writes its first row, or when a resume drops
-                  rows that came after its checkpoint. N counts up from 1; log.csv is the newest.
+                  rows logged after its checkpoint (resuming from a ckpt.pt older than last.pt,
+                  or after a kill between saves). N counts up from 1; log.csv is the newest.
                   Nothing is moved or rewritten before this run has a row to write, so a run
                   that stops at start-up leaves the folder as it found it.
     loss.png      train loss (thin), eval train/val loss (markers), learning rate (right axis);
@@ -209,9 +210,10 @@ class RunLog:
             self.csv_file.write(",".join(COLUMNS) + "\n")
             self.csv_file.flush()
         else:
-            if len(self.rows) < len(self.earlier_rows):
+            if any(row["iter"] > self.resume_iter for row in self.earlier_rows):
                 # the run went on past the checkpoint we resume from: the new log.csv keeps the
-                # rows up to it, and the earlier one stays whole beside it
+                # rows up to it, and the earlier one stays whole beside it. (The eval at
+                # resume_iter alone is no loss: this run redoes it on the same weights.)
                 self._keep_aside(["log.csv", "loss.png"], f"log.csv goes on past iteration "
                                  f"{self.resume_iter}, where this run resumes")
             marker = {name: None for name in COLUMNS}
