@@ -14,6 +14,7 @@ CPU only, offline, under a minute. The lock tests start small Python processes t
 smallgpt.lock, so they take a fraction of a second each.
 """
 
+import ast
 import os
 import shutil
 import signal
@@ -362,3 +363,124 @@ def test_train_py_evaluate_only_leaves_the_run_as_it_was(small_run, char_dataset
     after = snapshot(out_dir)
     after.pop(LOCK_NAME, None)  # the run lock, empty again
     assert after == before
+
+
+# ============================================================================ 3. untrusted inputs never run
+
+EVIL_CODE = """
+import pathlib
+pathlib.Path({marker!r}).write_text("the model folder's code ran")
+from transformers import PretrainedConfig
+class EvilConfig(PretrainedConfig):
+    model_type = "evil"
+"""
+EVIL_CONFIG = ('{"model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig", '
+               '"AutoModelForCausalLM": "evil.EvilModel"}, "n_layer": 2}')
+HUB_COMMIT = "0f" * 20
+
+# load each source given, printing one line per refusal, as train.py's and sample.py's fail() do
+LOAD_EACH = """
+import sys
+sys.path.insert(0, {repo!r})
+from model import GPT
+for source in sys.argv[1:]:
+    try:
+        GPT.from_pretrained(source)
+        print("loaded", source)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"refused: {{e}}")
+"""
+
+
+@pytest.fixture
+def evil_model(tmp_path):
+    """A model that asks transformers to import its evil.py: as a local folder and as a hub
+    repo in an offline cache. Returns (sources, env, marker the code would write)."""
+    marker = tmp_path / "MARKER"
+    folder = tmp_path / "evil-model"
+    snapshot_dir = tmp_path / "hub" / "models--someone--evil" / "snapshots" / HUB_COMMIT
+    for where in (folder, snapshot_dir):
+        where.mkdir(parents=True)
+        (where / "config.json").write_text(EVIL_CONFIG)
+        (where / "evil.py").write_text(EVIL_CODE.format(marker=str(marker)))
+    (tmp_path / "hub" / "models--someone--evil" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--evil" / "refs" / "main").write_text(HUB_COMMIT)
+    env = script_env(HF_HUB_OFFLINE=1, HF_HUB_CACHE=tmp_path / "hub",
+                     HF_MODULES_CACHE=tmp_path / "modules")
+    return [str(folder), "someone/evil"], env, marker
+
+
+def test_a_model_with_its_own_code_is_refused_even_answering_y(evil_model, tmp_path):
+    """transformers used to ask "Do you wish to run the custom code? [y/N]"; y ran evil.py."""
+    sources, env, marker = evil_model
+    result = subprocess.run([sys.executable, "-c", LOAD_EACH.format(repo=str(REPO)), *sources],
+                            input="y\ny\n", capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not marker.exists(), "the model folder's code ran"
+    assert "[y/N]" not in result.stdout + result.stderr  # transformers never asked
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("refused: ") for line in lines), lines
+    assert sources[0] in lines[0] and "auto_map" in lines[0]
+    assert lines[1].startswith("refused: someone/evil ") and "running code" in lines[1]
+    assert not list((tmp_path / "modules").rglob("evil.py"))  # not even copied to be imported
+
+
+def test_a_model_with_its_own_code_is_refused_in_one_line_without_a_terminal(evil_model, tmp_path,
+                                                                            monkeypatch):
+    from smallgpt.hf.convert import load_hf
+    sources, env, marker = evil_model
+    # the env of a subprocess, applied where this process's hub client and transformers keep it
+    import huggingface_hub.constants
+    import transformers.dynamic_module_utils
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", env["HF_HUB_CACHE"])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", env["HF_MODULES_CACHE"])
+    for source in sources:
+        with pytest.raises(ValueError) as refused:
+            load_hf(source)
+        assert "\n" not in str(refused.value) and source in str(refused.value)
+    assert not marker.exists()
+
+
+def transformers_loads(path):
+    """(line, receiver, keywords) of each X.from_pretrained(...) call on a transformers class."""
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "from_pretrained":
+            receiver = ast.unparse(node.func.value)
+            if "transformers" in receiver or receiver.startswith("Auto"):
+                calls.append((node.lineno, receiver, {k.arg: k.value for k in node.keywords}))
+    return calls
+
+
+def test_every_transformers_loader_is_called_with_trust_remote_code_false():
+    files = [*sorted((REPO / "smallgpt").rglob("*.py")), *sorted(REPO.glob("*.py"))]
+    calls = [(path.relative_to(REPO), *call) for path in files for call in transformers_loads(path)]
+    assert len(calls) >= 6, calls  # convert.py 3, common.py 1, export.py 1, bench.py 1
+    missing = [f"{path}:{line} {receiver}.from_pretrained" for path, line, receiver, keywords in calls
+               if not (isinstance(keywords.get("trust_remote_code"), ast.Constant)
+                       and keywords["trust_remote_code"].value is False)]
+    assert not missing, f"without trust_remote_code=False: {missing}"
+
+
+# ============================================================================ 4. faults are one line
+
+def tiny_hf_folder(folder):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=96,
+                        bos_token_id=None, eos_token_id=None)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder / "model.safetensors"
+
+
+@pytest.mark.parametrize("cut", ["half", "header", "last-byte"])
+def test_a_cut_model_safetensors_is_one_line_naming_it(tmp_path, cut):
+    from smallgpt.hf.convert import load_hf
+    weights = tiny_hf_folder(tmp_path / "hf")
+    data = weights.read_bytes()
+    weights.write_bytes(data[:{"half": len(data) // 2, "header": 6, "last-byte": len(data) - 1}[cut]])
+    with pytest.raises(ValueError) as refused:
+        load_hf(str(tmp_path / "hf"))
+    message = str(refused.value)
+    assert "\n" not in message and str(weights) in message and "truncated or corrupt" in message
