@@ -484,3 +484,31 @@ def test_a_cut_model_safetensors_is_one_line_naming_it(tmp_path, cut):
         load_hf(str(tmp_path / "hf"))
     message = str(refused.value)
     assert "\n" not in message and str(weights) in message and "truncated or corrupt" in message
+
+
+def test_workbench_passes_booleans_as_train_py_reads_them(tmp_path, monkeypatch, capsys):
+    import workbench
+    monkeypatch.setenv("NANOGPT_DRY_RUN", "1")  # train.py prints its settings and stops
+    run = workbench.train(cwd=str(tmp_path), echo=True, compile=True, always_save_checkpoint=False,
+                          decay_lr=False, fast_cpu=False, max_iters=17)
+    settings = capsys.readouterr().out
+    for line in ("compile = True", "always_save_checkpoint = False", "decay_lr = False",
+                 "fast_cpu = False", "max_iters = 17"):
+        assert f"  {line}\n" in settings, settings
+    assert list(run) == []
+
+
+def test_workbench_reads_out_dir_as_train_py_does(tmp_path, monkeypatch):
+    """A config file that builds on train.py's defaults (config/cpu_small.py reads out_dir) is
+    read by train.py itself, not run in the notebook's process."""
+    import builtins
+    import workbench
+    monkeypatch.setenv("NANOGPT_DRY_RUN", "1")
+    (tmp_path / "mine.py").write_text("import builtins\nbuiltins.FAULTS_CONFIG_RAN_HERE = True\n"
+                                      "out_dir = out_dir + '-mine'\nbatch_size = 3\n")
+    assert workbench.train("mine.py", cwd=str(tmp_path)).out_dir == str(tmp_path / "out-mine")
+    assert not hasattr(builtins, "FAULTS_CONFIG_RAN_HERE")
+    train_py = [sys.executable, str(REPO / "train.py")]
+    configs = [str(REPO / "config" / name) for name in ("train_shakespeare_char.py", "cpu_small.py")]
+    assert workbench._dry_run_setting([*train_py, *configs], str(tmp_path), "out_dir") == \
+        "out-shakespeare-small-char"
