@@ -112,8 +112,12 @@ def acquire_run_lock(out_dir, command=None, wait_for_details=1.0):
     this process's command line). Returns a RunLock; keep it (and so its open file) until the
     run is over."""
     path = os.path.join(out_dir, LOCK_NAME)
-    # O_CLOEXEC (Python's default): a program this run starts with exec doesn't inherit the lock
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # O_CLOEXEC (Python's default): a program this run starts with exec doesn't inherit it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only disk, no permission, a folder named run.lock ...
+        raise RunLockError(f"can't write {path} ({e.strerror}); a run writes its checkpoints and "
+                           f"log into out_dir, so pass a writable --out_dir") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

@@ -178,6 +178,19 @@ def test_the_lock_holds_across_pid_namespaces(tmp_path):
     acquire_run_lock(str(out_dir)).release()
 
 
+def test_an_out_dir_the_run_cannot_write_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    def read_only(path, flags, mode=0o777):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.setattr(os, "open", read_only)  # as on a read-only mount (root ignores chmod)
+    with pytest.raises(RunLockError) as refused:
+        acquire_run_lock(str(tmp_path))
+    message = str(refused.value)
+    assert "\n" not in message and "Read-only file system" in message and "--out_dir" in message
+
+
 def test_without_file_locks_nothing_is_removed_and_it_says_so(tmp_path, monkeypatch, capsys):
     import errno
     import fcntl
@@ -361,7 +374,8 @@ def test_train_py_evaluate_only_leaves_the_run_as_it_was(small_run, char_dataset
     assert result.returncode == 0, result.stderr[-2000:]
     assert "step 4: train loss" in result.stdout
     after = snapshot(out_dir)
-    after.pop(LOCK_NAME, None)  # the run lock, empty again
+    for files in (before, after):
+        files.pop(LOCK_NAME, None)  # the run lock (empty between runs), not part of the run
     assert after == before
 
 
