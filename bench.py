@@ -447,7 +447,8 @@ def exported_to_transformers(model):
         except ValueError as e:
             print(f"note: no transformers comparison: {e}")
             return None
-        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
+                                                               trust_remote_code=False)
     return hf.to(model.lm_head.weight.device).eval()
 
 

@@ -77,6 +77,7 @@ if stale:  # left by an earlier export to the same folder; they may describe ano
 # ----------------------------------------------------------------------------- parity check
 # Reload what was written, as a user would, and run the same tokens through both models.
 hf, info = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True,
+                                                             trust_remote_code=False,
                                                              output_loading_info=True)
 problems = {k: sorted(v) for k, v in info.items() if k != 'error_msgs' and v}
 if problems or info.get('error_msgs'):

@@ -63,13 +63,15 @@ def dataset_dir(dataset):
     return dataset if os.sep in dataset or '/' in dataset else os.path.join(DATA, dataset)
 
 
-def _arguments(options):
-    """--key=value for each option; True is a bare --flag and False leaves it out (argparse)."""
+def _arguments(options, flags=True):
+    """--key=value for each option. flags=True (prepare.py's argparse): True is a bare --flag
+    and False leaves it out. flags=False (train.py's configurator, where a bare --flag is an
+    error and a left-out key keeps its default, often True): --key=True and --key=False."""
     args = []
     for key, value in options.items():
-        if value is True:
+        if flags and value is True:
             args.append(f'--{key}')
-        elif value is not False and value is not None:
+        elif not (flags and value is False) and value is not None:
             args.append(f'--{key}={value}')
     return args
 
@@ -109,11 +111,20 @@ class Run(list):
         return load(self.out_dir, checkpoint_name=checkpoint_name, **options)
 
 
-def _config_value(config_file, key, default):
-    """A setting as a config file (plain assignments) leaves it."""
-    namespace = {}
-    exec(read_utf8(config_file), namespace)
-    return namespace.get(key, default)
+def _dry_run_setting(args, cwd, key):
+    """A setting as the train.py command `args` would run with it. train.py reads its own
+    config files and --key=value (NANOGPT_DRY_RUN=1: print the settings, exit before any work),
+    so a config file that builds on train.py's defaults (cpu_small.py reads out_dir) means what
+    it means on the command line, and no config file runs in this process."""
+    import ast
+    done = subprocess.run(args, cwd=cwd, env=dict(os.environ, NANOGPT_DRY_RUN='1'),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"train.py failed (exit {done.returncode}): {_tail(done.stderr)}")
+    values = [line.split(' = ', 1)[1] for line in done.stdout.splitlines()
+              if line.startswith(f'  {key} = ')]
+    assert values, f"train.py's dry run printed no {key}: {done.stdout[-500:]}"
+    return ast.literal_eval(values[-1])
 
 
 def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5, **overrides):
@@ -131,9 +142,10 @@ def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5,
         if not found:
             raise FileNotFoundError(f"config file {config_file!r} not found in {cwd} or {REPO}")
         args.append(found[0])
-        out_dir = out_dir or _config_value(found[0], 'out_dir', None)
+    args += _arguments(overrides, flags=False)
+    if config_file and not out_dir:
+        out_dir = _dry_run_setting(args, cwd, 'out_dir')
     out_dir = os.path.join(cwd, out_dir or 'out')  # train.py's default out_dir is 'out'
-    args += _arguments(overrides)
     csv_path = os.path.join(out_dir, 'log.csv')
     started = time.time()
     rows = []

@@ -22,6 +22,9 @@ EXPORTABLE_FIELDS = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", 
                      "gelu"}
 
 
+SUPPORTED_MODEL_TYPES = ("gpt2", "starcoder2")  # what model.py's GPT can be
+
+
 LOCAL_DIR_HINT = ("pass a local Hugging Face GPT-2 directory instead: --init_from=/path/to/dir "
                   "(holding config.json and model.safetensors or pytorch_model.bin)")
 
@@ -34,6 +37,37 @@ def _transformers():
         raise RuntimeError("Hugging Face weights need transformers; "
                            "run: pip install transformers") from None
     return transformers
+
+
+def read_config_json(hf_dir):
+    """A local folder's config.json as a dict, read as JSON: data, whatever it says."""
+    path = os.path.join(hf_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} can't be read as JSON ({e}); it must be the config.json that "
+                         f"save_pretrained writes") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a {type(config).__name__}, not a config (a JSON object)")
+    return config
+
+
+def refuse_foreign_model(name, config):
+    """One ValueError line for a config (the dict of a config.json) that model.py's GPT can't
+    be: another model_type, or any auto_map, which names Python code shipped with the model for
+    transformers to import. We never run it (trust_remote_code=False everywhere): only GPT-2 and
+    Starcoder2 load, with transformers' own classes."""
+    model_type = config.get("model_type")
+    if config.get("auto_map"):
+        raise ValueError(f"{name} asks to run its own Python code (auto_map in its config.json, "
+                         f"model_type {model_type!r}); code that comes with a model is never run "
+                         f"here: only Hugging Face GPT-2 and Starcoder2 load, with transformers' "
+                         f"own classes")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{name} is a {model_type!r} model; only Hugging Face GPT-2 "
+                         f"(model_type 'gpt2') and Starcoder2 ('starcoder2') load into "
+                         f"model.py's GPT")
 
 
 def _looks_like_path(name):
@@ -147,6 +181,7 @@ def write_gpt2_tokenizer(hf_dir, vocab_path, merges_path):
     shutil.copyfile(merges_path, os.path.join(hf_dir, "merges.txt"))
     # tokenizer.json + tokenizer_config.json: what AutoTokenizer reads first; <|endoftext|> is
     # the GPT2 tokenizer's default bos/eos/unk token
-    tokenizer = _transformers().GPT2TokenizerFast.from_pretrained(hf_dir, local_files_only=True)
+    tokenizer = _transformers().GPT2TokenizerFast.from_pretrained(hf_dir, local_files_only=True,
+                                                                  trust_remote_code=False)
     saved = tokenizer.save_pretrained(hf_dir)
     return sorted({"vocab.json", "merges.txt", *(os.path.basename(p) for p in saved)})
