@@ -103,10 +103,11 @@ import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from model import GPT, GPTConfig, VARIANT_KEYS, XLMemory, set_fast_cpu  # noqa: E402
-from smallgpt.checkpoint import (gather_run_state, load_checkpoint, remove_stale_temp_files, resolve_name, restore_run, run_checkpoint, save_checkpoint)  # noqa: E402
+from smallgpt.checkpoint import (gather_run_state, load_checkpoint, resolve_name, restore_run, run_checkpoint, save_checkpoint)  # noqa: E402
 from smallgpt.dataloader import Batches  # noqa: E402
 from smallgpt.device import autocast_context, cached_peak_flops, note, reuse_freed_memory  # noqa: E402
 from smallgpt.errors import UserError, fail  # noqa: E402
+from smallgpt.lock import acquire_run_lock, remove_stale_temp_files_under_lock  # noqa: E402
 from smallgpt.metrics import line_accuracy  # noqa: E402
 from smallgpt.runlog import RunLog  # noqa: E402
 from smallgpt.runsetup import (check_model, check_settings, fit_block_size, note_ignored_variants, open_dataset, resolve_auto_init, start_processes, warn_if_overwriting)  # noqa: E402
@@ -120,16 +121,19 @@ try:
     # the data is checked before any process group or device is set up: a mistake is one line, at once
     data = open_dataset(dataset, REPO, loss_on, answer_separator, eval_accuracy, data_order)
     run = start_processes(device, dtype, backend, parallel, compile, gradient_accumulation_steps)
+    run_lock = None  # an out_dir belongs to one run at a time; an evaluate-only run writes nothing
     if run.master:
         make_folder(out_dir, 'out_dir')
+        if not (eval_only or max_iters == 0):
+            run_lock = acquire_run_lock(out_dir)
 except UserError as e:
     fail(e)
 meta, line_data = data.meta, data.lines
 device, device_type, dtype = run.device, run.device_type, run.dtype  # 'auto' resolved
 ddp, fsdp, ddp_rank, ddp_world_size, master_process = run.ddp, run.fsdp, run.rank, run.world_size, run.master
 gradient_accumulation_steps //= ddp_world_size  # this rank's share of the global batch
-if master_process:
-    for name in remove_stale_temp_files(out_dir):
+if run_lock is not None:  # under the lock, every temporary save in out_dir is a dead run's
+    for name in remove_stale_temp_files_under_lock(run_lock):
         note(f"removed {os.path.join(out_dir, name)}, left by a run killed while saving a checkpoint")
 torch.manual_seed(seed + ddp_rank)  # dropout masks differ per rank; the batches are one stream
 if device_type == 'cpu' and fast_cpu:
@@ -170,7 +174,7 @@ try:
                         f"gpt2-xl or the path of a local Hugging Face GPT-2 or Starcoder2 folder")
     if init_from != 'scratch':  # the architecture comes from the checkpoint or the weights
         note_ignored_variants(model, {key: config[key] for key in VARIANT_KEYS if key in given}, init_from)
-        check_model(model, vocab_size, xl_memory)
+    check_model(model, vocab_size, xl_memory)
     block_size = fit_block_size(model, block_size, 'block_size' in given, seed)
     # TransformerXL: one memory per micro-batch of this rank (sequential rows: the same each step)
     xl_memories = [XLMemory(xl_memory) for _ in range(gradient_accumulation_steps)] if xl_memory else []
@@ -266,13 +270,13 @@ def save(names):
 
 
 stop_signal = StopSignal(torchrun=ddp)  # Ctrl+C or SIGTERM: finish the step, write last.pt, exit 130
+if iter_num >= max_iters and not eval_only:
+    eval_only = True  # e.g. --init_from=resume --max_iters=0: just report the losses
 runlog = RunLog(out_dir, config, resume_iter=iter_num if init_from == 'resume' else None,
-                tensorboard=tensorboard_log, wandb=wandb_log, wandb_project=wandb_project,
+                evaluate_only=eval_only, tensorboard=tensorboard_log, wandb=wandb_log, wandb_project=wandb_project,
                 wandb_run_name=wandb_run_name) if master_process else None
 
 # ----------------------------------------------------------------------------- training loop
-if iter_num >= max_iters and not eval_only:
-    eval_only = True  # e.g. --init_from=resume --max_iters=0: just report the losses
 last_iter = max_iters
 checkpoint_every = checkpoint_interval or eval_interval
 start_iter = last_finite_iter = iter_num  # the last iteration whose loss (or eval) was finite
@@ -376,6 +380,8 @@ while True:
 
 if runlog is not None:
     runlog.close()
+if run_lock is not None:
+    run_lock.release()  # after the last save (a process that dies releases it too)
 if ddp:
     # wait for rank 0's last save: a rank that tears gloo down while rank 0 is still writing
     # can abort at exit ("terminate called without an active exception")

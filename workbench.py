@@ -197,15 +197,16 @@ def load(source='out', checkpoint_name='ckpt.pt', device='cpu', dtype='float32',
                                      device)
     quantize_weights(model, weights_dtype)
     return Model(model, Tokenizer.from_meta(meta), meta, config or {},
-                 autocast_context(device_type, dtype))
+                 autocast_context(device_type, dtype), weights_dtype)
 
 
 class Model:
     """A model, its tokenizer and what it was trained with (config: train.py's settings)."""
 
-    def __init__(self, model, tokenizer, meta, config, ctx):
+    def __init__(self, model, tokenizer, meta, config, ctx, weights_dtype='float32'):
         self.model, self.tokenizer, self.meta, self.config, self.ctx = \
             model, tokenizer, meta, config, ctx
+        self.weights_dtype = weights_dtype  # what quantize_weights stored them as
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                              f"{model.config.vocab_size}: a checkpoint of another vocabulary")
@@ -328,14 +329,14 @@ class Model:
                     scored = self.accuracy(dataset, split, separator=lines.separator,
                                            batch_size=batch_size)
                     result.update(accuracy=scored['accuracy'], correct=scored['correct'])
-                return result
+                return dict(result, weights_dtype=self.weights_dtype)
             import numpy as np
             ids = np.memmap(os.path.join(folder, f'{split}.bin'), dtype=np.dtype(meta['dtype']),
                             mode='r')
         result = evaluate_tokens(self.model, ids, block_size, stride or block_size, batch_size,
                                  byte_lengths, self.ctx, progress=progress, max_windows=max_windows)
         result.update(block_size=block_size, stride=stride or block_size)
-        return result
+        return dict(result, weights_dtype=self.weights_dtype)
 
     def accuracy(self, dataset=None, split='test', count=None, separator=None, batch_size=256,
                  progress=False):

@@ -57,26 +57,6 @@ def save_checkpoint(obj, path):
             os.remove(tmp)
 
 
-def remove_stale_temp_files(folder):
-    """Delete '<name>.pt.tmp.<pid>' files whose writer is gone (a kill during save_checkpoint
-    leaves one behind, as big as a checkpoint); return their names."""
-    removed = []
-    for name in sorted(os.listdir(folder)):
-        stem, _, pid = name.rpartition(".tmp.")
-        if not (stem.endswith(".pt") and pid.isdigit()):
-            continue
-        try:
-            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-            continue  # still running: maybe another run writing into the same folder
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OSError):
-            continue  # exists (another user's process), or we can't tell: leave it
-        os.remove(os.path.join(folder, name))
-        removed.append(name)
-    return removed
-
-
 def missing_checkpoint_message(path):
     """'no checkpoint at PATH' with what to do: the checkpoints its folder does have, if any."""
     folder = os.path.dirname(path) or "."

@@ -36,10 +36,12 @@ import socket
 import sys
 import time
 
+from smallgpt.errors import UserError
+
 LOCK_NAME = "run.lock"
 
 
-class RunLockError(RuntimeError):
+class RunLockError(UserError):
     """out_dir is held by another run; the message is one line naming it."""
 
 

@@ -208,7 +208,6 @@ def test_without_file_locks_nothing_is_removed_and_it_says_so(tmp_path, monkeypa
     assert len(warning.splitlines()) == 1 and "no file locks" in warning, warning
 
 
-@pytest.mark.xfail(strict=True, reason="needs train.py to call acquire_run_lock")
 def test_train_py_on_an_out_dir_in_use_is_one_line(char_dataset, tmp_path):
     out_dir = tmp_path / "busy"
     out_dir.mkdir()
@@ -364,7 +363,6 @@ def test_train_py_resume_marks_where_it_resumed(small_run, char_dataset, tmp_pat
     assert not list(out_dir.glob("log.*.csv"))
 
 
-@pytest.mark.xfail(strict=True, reason="needs train.py to pass RunLog(evaluate_only=True)")
 def test_train_py_evaluate_only_leaves_the_run_as_it_was(small_run, char_dataset, tmp_path):
     """The README's evaluate-only command prints the losses and changes nothing in out_dir."""
     out_dir = copy_of(small_run, tmp_path)
