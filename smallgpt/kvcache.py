@@ -119,15 +119,15 @@ class Int4Store:
         return self.codes.numel() + self.scale.numel() * 2
 
 
-def make_store(cache_dtype, shape, dtype, device, keys):
-    """An empty K (keys=True) or V buffer of `shape` in format `cache_dtype`."""
-    if cache_dtype == 'auto':  # what the model computes in: a plain tensor, as before
+def make_store(kv_cache_dtype, shape, dtype, device, keys):
+    """An empty K (keys=True) or V buffer of `shape` in format `kv_cache_dtype`."""
+    if kv_cache_dtype == 'auto':  # what the model computes in: a plain tensor, as before
         return torch.zeros(shape, dtype=dtype, device=device)
-    if cache_dtype == 'int8':
+    if kv_cache_dtype == 'int8':
         return Int8Store(shape, dtype, device)
-    if cache_dtype == 'fp8':
+    if kv_cache_dtype == 'fp8':
         return Fp8Store(shape, dtype, device)
-    assert cache_dtype == 'int4', cache_dtype
+    assert kv_cache_dtype == 'int4', kv_cache_dtype
     return Int4Store(shape, dtype, device, rotate=keys)
 
 
@@ -137,11 +137,11 @@ def store_nbytes(buf):
     return buf.numel() * buf.element_size() if torch.is_tensor(buf) else buf.nbytes()
 
 
-def roundtrip(cache_dtype, x, keys):
+def roundtrip(kv_cache_dtype, x, keys):
     """x (B, h, T, hd) as a store of that format would give it back."""
-    if cache_dtype == 'auto':
+    if kv_cache_dtype == 'auto':
         return x
-    store = make_store(cache_dtype, tuple(x.shape), x.dtype, x.device, keys)
+    store = make_store(kv_cache_dtype, tuple(x.shape), x.dtype, x.device, keys)
     store[:, :, :] = x
     return store[:, :, :]
 
@@ -155,18 +155,19 @@ class KVCache:
     are stored after the rotary turn, so each keeps the rotation of its own position. `length`
     counts the slots written so far (the same for every row). Rows with shorter prompts are
     left-padded: `pad[b]` pad slots lead row b; they are masked out and skipped by positions.
-    `context` is the furthest back a full layer looks (block_size or sample.py's context_window).
-    `cache_dtype` is the storage format (make_store); 'auto' keeps what the model computes.
+    `context_window` is the furthest back a full layer looks (block_size or sample.py's
+    context_window). `kv_cache_dtype` is the storage format (make_store); 'auto' keeps what the
+    model computes.
     """
 
     wants_scores = False  # EvictingKVCache with a budget: attention hands it its probabilities
 
-    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context=None,
-                 cache_dtype='auto'):
+    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context_window=None,
+                 kv_cache_dtype='auto'):
         self.capacities = list(capacities)
         self.shape = (batch_size, n_kv_head, head_dim)
-        self.context = context or max(self.capacities)
-        self.cache_dtype = cache_dtype
+        self.context_window = context_window or max(self.capacities)
+        self.kv_cache_dtype = kv_cache_dtype
         n_sets = len(self.capacities)
         self.k, self.v = [None] * n_sets, [None] * n_sets  # allocated on first write
         # where the keys the last write(slot) returned sit: None = slots 0..S-1 in order, an int
@@ -175,18 +176,21 @@ class KVCache:
         self.reset()
 
     @staticmethod
-    def for_model(config, batch_size, context, cache_dtype='auto', budget=0, sink=0):
-        """A cache for `config`'s layers where full layers see `context` tokens: each K/V set
-        gets the widest view among the layers that read it. budget or sink > 0: an
-        EvictingKVCache that keeps `budget` tokens per set and/or the first `sink` tokens."""
+    def for_model(config, batch_size, context_window, kv_cache_dtype='auto', kv_budget=0,
+                  kv_sink=0):
+        """A cache for `config`'s layers where full layers see `context_window` tokens: each K/V
+        set gets the widest view among the layers that read it. kv_budget or kv_sink > 0: an
+        EvictingKVCache that keeps kv_budget tokens per set and/or the first kv_sink tokens."""
         capacities = []
         for group in range(config.kv_groups):
             layers = range(group * config.kv_share, min((group + 1) * config.kv_share, config.n_layer))
-            capacities.append(max(min(config.layer_window(i) or context, context) for i in layers))
-        shape = (capacities, batch_size, config.kv_heads, config.n_embd // config.n_head, context,
-                 cache_dtype)
-        if budget or sink:
-            return EvictingKVCache(*shape, n_head=config.n_head, budget=budget, sink=sink)
+            capacities.append(max(min(config.layer_window(i) or context_window, context_window)
+                                  for i in layers))
+        shape = (capacities, batch_size, config.kv_heads, config.n_embd // config.n_head,
+                 context_window, kv_cache_dtype)
+        if kv_budget or kv_sink:
+            return EvictingKVCache(*shape, n_head=config.n_head, kv_budget=kv_budget,
+                                   kv_sink=kv_sink)
         return KVCache(*shape)
 
     def reset(self, pad=None):
@@ -202,8 +206,8 @@ class KVCache:
     def _allocate(self, slot, k, slots):
         """Empty K and V stores of `slots` tokens for set `slot`, in k's dtype (autocast's)."""
         B, nkv, hd = self.shape
-        self.k[slot] = make_store(self.cache_dtype, (B, nkv, slots, hd), k.dtype, k.device, True)
-        self.v[slot] = make_store(self.cache_dtype, (B, nkv, slots, hd), k.dtype, k.device, False)
+        self.k[slot] = make_store(self.kv_cache_dtype, (B, nkv, slots, hd), k.dtype, k.device, True)
+        self.v[slot] = make_store(self.kv_cache_dtype, (B, nkv, slots, hd), k.dtype, k.device, False)
 
     def positions(self, T, device):
         """Position ids for the next T tokens: (T,) or, with padding, (B, T)."""
@@ -234,13 +238,14 @@ class KVCache:
         # only the newest `cap` of them are kept
         new_pos = torch.arange(n, n + T, device=k.device)
         if n == 0:
-            keys, values = roundtrip(self.cache_dtype, k, True), roundtrip(self.cache_dtype, v, False)
+            keys = roundtrip(self.kv_cache_dtype, k, True)
+            values = roundtrip(self.kv_cache_dtype, v, False)
             key_pos = None
         else:
             stored = min(n, cap)
             # the new tokens as the store will hold them, like the cached ones
-            keys = torch.cat([kbuf[:, :, :stored], roundtrip(self.cache_dtype, k, True)], dim=2)
-            values = torch.cat([vbuf[:, :, :stored], roundtrip(self.cache_dtype, v, False)], dim=2)
+            keys = torch.cat([kbuf[:, :, :stored], roundtrip(self.kv_cache_dtype, k, True)], dim=2)
+            values = torch.cat([vbuf[:, :, :stored], roundtrip(self.kv_cache_dtype, v, False)], dim=2)
             key_pos = torch.cat([self._ring_slots(n, cap, k.device)[:stored], new_pos])
         keep = min(T, cap)
         ring = new_pos[-keep:] % cap
@@ -256,12 +261,13 @@ class KVCache:
         i = torch.arange(cap, device=device)
         return (n - 1) - ((n - 1 - i) % cap)
 
-    def attn_mask(self, T, device, window, slot):
+    def attn_mask(self, T, device, attn_window, slot):
         """Boolean mask (True = may attend) for T new queries over the keys write(slot) returned,
         or None when plain causal attention is right. A query sees the keys of the last
-        min(window or context, context) slots, itself included, that are not padding."""
+        min(attn_window or context_window, context_window) slots, itself included, that are
+        not padding."""
         n = self.length
-        band = min(window or self.context, self.context)
+        band = min(attn_window or self.context_window, self.context_window)
         key_pos, cap = self.key_pos[slot], self.capacities[slot]
         S = n + T if key_pos is None else cap if isinstance(key_pos, int) else key_pos.numel()
         oldest = n + T - S  # keys are always the slots oldest .. n+T-1, in some order
@@ -292,14 +298,14 @@ class EvictingKVCache(KVCache):
     A KVCache that chooses which tokens to keep, per row and per K/V head, instead of keeping
     the newest `capacity` ones of a ring.
 
-    - budget > 0 (kv_budget, H2O: Zhang et al. 2023): each set keeps at most `budget` tokens.
+    - kv_budget > 0 (H2O: Zhang et al. 2023): each set keeps at most kv_budget tokens.
       Attention hands over its probabilities (observe); each token sums what every query of
       every layer of the set gave it. When a token must go, the newest half of the budget
       (less any sinks) stays, the recent window, and of the older tokens those with the largest
       sums stay.
-    - sink > 0 (kv_sink, attention sinks: Xiao et al. 2023): in a set that full layers read,
-      the first `sink` tokens stay for good; a full layer then sees them plus its last
-      context - sink tokens. Windowed layers never saw the first token in training, so their
+    - kv_sink > 0 (attention sinks: Xiao et al. 2023): in a set that full layers read, the
+      first kv_sink tokens stay for good; a full layer then sees them plus its last
+      context_window - kv_sink tokens. Windowed layers never saw the first token in training, so their
       view is the plain window.
 
     Tokens that no future query can see (out of every layer's band) go first. Kept tokens sit
@@ -308,14 +314,14 @@ class EvictingKVCache(KVCache):
     the same keys, in the same order, as KVCache.
     """
 
-    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context, cache_dtype='auto',
-                 n_head=None, budget=0, sink=0):
-        super().__init__(capacities, batch_size, n_kv_head, head_dim, context, cache_dtype)
-        self.budget, self.sink, self.n_head = budget, sink, n_head or n_kv_head
-        self.wants_scores = budget > 0
-        self.sizes = [min(budget, cap) if budget else cap for cap in self.capacities]
+    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context_window,
+                 kv_cache_dtype='auto', n_head=None, kv_budget=0, kv_sink=0):
+        super().__init__(capacities, batch_size, n_kv_head, head_dim, context_window, kv_cache_dtype)
+        self.kv_budget, self.kv_sink, self.n_head = kv_budget, kv_sink, n_head or n_kv_head
+        self.wants_scores = kv_budget > 0
+        self.sizes = [min(kv_budget, cap) if kv_budget else cap for cap in self.capacities]
         assert all(size > self.sinks(s) for s, size in enumerate(self.sizes)), \
-            f"kv_budget {budget} must exceed kv_sink {sink}"
+            f"kv_budget {kv_budget} must exceed kv_sink {kv_sink}"
 
     def reset(self, pad=None):
         super().reset(pad)
@@ -330,8 +336,8 @@ class EvictingKVCache(KVCache):
         return super().nbytes() + sum(store_nbytes(t) for t in self.slot_pos + self.score)
 
     def sinks(self, slot):
-        """Sink tokens of a set: only a set as wide as the context has full layers."""
-        return self.sink if self.capacities[slot] == self.context else 0
+        """Sink tokens of a set: only a set as wide as the context window has full layers."""
+        return self.kv_sink if self.capacities[slot] == self.context_window else 0
 
     def write(self, slot, k, v):
         n, T, held = self.length, k.size(2), self.count[slot]
@@ -344,8 +350,8 @@ class EvictingKVCache(KVCache):
             self.v[slot][:, :, held:held + T] = v
             keys, values = self.k[slot][:, :, :held + T], self.v[slot][:, :, :held + T]
         else:  # some must go after this step (advance); until then all are seen
-            keys = torch.cat([self.k[slot][:, :, :held], roundtrip(self.cache_dtype, k, True)], 2)
-            values = torch.cat([self.v[slot][:, :, :held], roundtrip(self.cache_dtype, v, False)], 2)
+            keys = torch.cat([self.k[slot][:, :, :held], roundtrip(self.kv_cache_dtype, k, True)], 2)
+            values = torch.cat([self.v[slot][:, :, :held], roundtrip(self.kv_cache_dtype, v, False)], 2)
         key_pos = new_pos if held == 0 else \
             torch.cat([self.slot_pos[slot][..., :held].long(), new_pos], -1)
         score = torch.zeros(key_pos.shape, device=k.device)
@@ -354,12 +360,12 @@ class EvictingKVCache(KVCache):
         self.pending[slot] = [keys, values, key_pos, score]
         return keys, values
 
-    def attn_mask(self, T, device, window, slot):
+    def attn_mask(self, T, device, attn_window, slot):
         """(B, n_head, T, S) mask over the keys write(slot) returned, or None when every query
         may see every key causally (so the attention is computed exactly as KVCache's)."""
         n, held = self.length, self.count[slot]
-        band = min(self.context, window or self.context)  # as KVCache's
-        sink = self.sink if band == self.context else 0  # sinks serve full layers only
+        band = min(self.context_window, attn_window or self.context_window)  # as KVCache's
+        sink = self.kv_sink if band == self.context_window else 0  # sinks serve full layers only
         if held == 0 and self.pad is None and T <= band:
             return None  # a fresh prefill inside the band: plain causal
         k_pos = self.pending[slot][2][:, :, None, :]                # (B, nkv, 1, S)
@@ -404,7 +410,7 @@ class EvictingKVCache(KVCache):
             real = key_pos >= first
             is_sink = real & (key_pos < first + sink)
             alive = real & (key_pos > nxt - (band - sink))  # some later query can still see it
-            if self.budget:  # heavy hitters, and the newest half of the budget for sure
+            if self.kv_budget:  # heavy hitters, and the newest half of the budget for sure
                 recent = key_pos >= nxt - (size - sink) // 2
                 priority = torch.where(recent, torch.inf, score)
             else:  # sinks alone: a ring after the sinks, the newest stay
