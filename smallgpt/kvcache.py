@@ -1,13 +1,18 @@
 """
-What a decoding model keeps between steps (generate.py fills it; model.py's attention reads it):
+What a model keeps from earlier tokens: while decoding, between steps (generate.py makes it);
+while training with xl_memory, between segments (train.py makes it). model.py's attention hands
+each its new keys and values and gets back what to attend to; the bookkeeping is all here.
 
 - KVCache: per set of keys/values (one per kv_share group of layers), a ring buffer of at most
   the tokens its layers may see, so a windowed layer's memory stays at its window however long
-  the sequence grows.
+  the sequence grows. update() stores the new keys and returns the keys, values and mask.
 - Int8Store, Fp8Store, Int4Store: compressed storage for those buffers (kv_cache_dtype), read
   back as floats; EvictingKVCache: a cache that keeps chosen tokens instead of the newest ones
   (kv_budget: heavy hitters plus a recent window; kv_sink: the first tokens stay).
 - LinearState: what a linear-attention model keeps instead (a fixed-size state per layer).
+- XLMemory: TransformerXL's memory, the last xl_memory tokens' keys and values, detached.
+
+What it is not: attention itself (model.py) or the decode loop (generate.py).
 """
 
 import math
@@ -160,8 +165,6 @@ class KVCache:
     model computes.
     """
 
-    wants_scores = False  # EvictingKVCache with a budget: attention hands it its probabilities
-
     def __init__(self, capacities, batch_size, n_kv_head, head_dim, context_window=None,
                  kv_cache_dtype='auto'):
         self.capacities = list(capacities)
@@ -215,6 +218,15 @@ class KVCache:
         if self.pad is not None:
             pos = (pos[None, :] - self.pad[:, None]).clamp(min=0)
         return pos
+
+    def update(self, slot, q, k, v, attn_window, write=True):
+        """What T new queries q (B, n_head, T, hd) of a layer reading set `slot` attend to:
+        (keys, values, mask), the keys and values (B, n_kv_head, S, hd) being the stored ones
+        and the new k, v (B, n_kv_head, T, hd), which are stored first (write=False: the set's
+        first layer already did, and k, v are what it got back). mask is attn_mask's."""
+        if write:
+            k, v = self.write(slot, k, v)
+        return k, v, self.attn_mask(q.size(2), q.device, attn_window, slot)
 
     def write(self, slot, k, v):
         """Store k, v (B, n_kv_head, T, hd) of the next T positions in set `slot`; return the
@@ -318,7 +330,6 @@ class EvictingKVCache(KVCache):
                  kv_cache_dtype='auto', n_head=None, kv_budget=0, kv_sink=0):
         super().__init__(capacities, batch_size, n_kv_head, head_dim, context_window, kv_cache_dtype)
         self.kv_budget, self.kv_sink, self.n_head = kv_budget, kv_sink, n_head or n_kv_head
-        self.wants_scores = kv_budget > 0
         self.sizes = [min(kv_budget, cap) if kv_budget else cap for cap in self.capacities]
         assert all(size > self.sinks(s) for s, size in enumerate(self.sizes)), \
             f"kv_budget {kv_budget} must exceed kv_sink {kv_sink}"
@@ -338,6 +349,14 @@ class EvictingKVCache(KVCache):
     def sinks(self, slot):
         """Sink tokens of a set: only a set as wide as the context window has full layers."""
         return self.kv_sink if self.capacities[slot] == self.context_window else 0
+
+    def update(self, slot, q, k, v, attn_window, write=True):
+        """KVCache.update; with a kv_budget, the queries' attention is added to the keys'
+        scores (observe), which decide what stays when the set is full."""
+        k, v, mask = super().update(slot, q, k, v, attn_window, write)
+        if self.kv_budget:
+            self.observe(slot, q, k, mask)
+        return k, v, mask
 
     def write(self, slot, k, v):
         n, T, held = self.length, k.size(2), self.count[slot]
@@ -483,3 +502,47 @@ class LinearState:
 
     def advance(self, T):
         self.length += T
+
+
+class XLMemory:
+    """
+    TransformerXL's memory for one batch of rows (train.py's xl_memory): per K/V set, the keys
+    (before the rotary turn) and values of the last `size` tokens these rows went through,
+    detached, so gradients stop at the segment boundary. GPT.forward(idx, memory=m) hands each
+    layer's new keys to update() and moves it on; reset() when the rows' text starts over (what
+    is held no longer comes before the next segment). size 0 holds nothing, and a forward with
+    it is the plain forward.
+    """
+
+    def __init__(self, size):
+        assert size >= 0, f"memory size {size} must be >= 0"
+        self.size = size
+        self.reset()
+
+    def reset(self):
+        self.k, self.v = {}, {}  # K/V set -> (B, n_kv_head, length, hd)
+        self.length = 0
+
+    def update(self, slot, k, v):
+        """The keys and values a segment's queries attend to: what set `slot` holds, then this
+        segment's k, v (B, n_kv_head, T, hd). The last `size` of them stay for the next one."""
+        if slot in self.k:
+            k = torch.cat([self.k[slot], k], dim=2)  # (B, n_kv_head, M + T, hd)
+            v = torch.cat([self.v[slot], v], dim=2)
+        start = k.size(2) - min(self.size, k.size(2))  # not [-size:]: size 0 must keep nothing
+        self.k[slot], self.v[slot] = k[:, :, start:].detach(), v[:, :, start:].detach()
+        return k, v
+
+    def advance(self, T):
+        self.length = min(self.size, self.length + T)
+
+    def state_dict(self):
+        """The memory on the CPU, for a checkpoint (exact resume)."""
+        return {'size': self.size, 'length': self.length,
+                'k': {s: t.cpu() for s, t in self.k.items()}, 'v': {s: t.cpu() for s, t in self.v.items()}}
+
+    def load_state_dict(self, state, device):
+        assert state['size'] == self.size, f"memory of {state['size']} tokens, expected {self.size}"
+        self.length = state['length']
+        self.k = {s: t.to(device) for s, t in state['k'].items()}
+        self.v = {s: t.to(device) for s, t in state['v'].items()}

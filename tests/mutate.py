@@ -340,7 +340,7 @@ MUTANTS = [
     Mutant("sequential-rows-do-not-advance", "smallgpt/dataloader.py",
            "    k = step % windows\n", "    k = 0 if step < windows else step % windows\n",
            (SEQUENTIAL,)),
-    Mutant("xl-memory-keeps-the-graph", "model.py",
+    Mutant("xl-memory-keeps-the-graph", "smallgpt/kvcache.py",
            "k[:, :, start:].detach(), v[:, :, start:].detach()",
            "k[:, :, start:], v[:, :, start:]",
            (XL_JOINT,)),
