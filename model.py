@@ -21,6 +21,7 @@ What it is not: a tokenizer, a training loop or a sampler UI (see train.py and s
 import inspect
 import math
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -382,7 +383,6 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self._rope_table = None  # (cos, sin) for positions 0..n-1, made on first use (_cached_rope)
         # weight tying: the output projection reuses the token embedding (GPT-2 does this too)
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -434,9 +434,12 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)  # (T, C) or (B, T, C) added
         rope = None
         if cfg.pos_emb == "rope":
-            n_pos = T + (memory.length if memory is not None else 0)  # memory keys come first
-            rope = (rope_angles(torch.arange(n_pos, device=idx.device), cfg.n_embd // cfg.n_head,
-                                cfg.rope_theta) if cache is None else self._cached_rope(cache, T))
+            angles = partial(rope_angles, head_dim=cfg.n_embd // cfg.n_head, theta=cfg.rope_theta)
+            if cache is not None:  # the cache knows each row's positions (and keeps a table)
+                rope = cache.rope(T, idx.device, angles)
+            else:
+                n_pos = T + (memory.length if memory is not None else 0)  # memory keys come first
+                rope = angles(torch.arange(n_pos, device=idx.device))
         x = self.transformer.drop(x)
         kv = None  # the current kv_share group's keys and values, handed from layer to layer
         for block in self.transformer.h:
@@ -455,23 +458,6 @@ class GPT(nn.Module):
         # inference: only the last position is needed to pick the next token
         logits = self.lm_head(x if all_logits else x[:, [-1], :])  # (B, 1 or T, V)
         return logits, None
-
-    def _cached_rope(self, cache, T):
-        """rope_angles for the next T positions of `cache`, read from a table made once and
-        grown by doubling: a decode step costs two slices instead of six kernels."""
-        top = cache.length + T
-        table = self._rope_table
-        if table is None or table[0].size(0) < top or table[0].device != self.lm_head.weight.device:
-            n = max(top, 2 * (table[0].size(0) if table is not None else self.config.block_size))
-            with torch.inference_mode(False):  # a normal tensor, though made while sampling
-                pos = torch.arange(n, device=self.lm_head.weight.device)
-                table = rope_angles(pos, self.config.n_embd // self.config.n_head,
-                                    self.config.rope_theta)  # (n, 1, hd) each
-            self._rope_table = table
-        if cache.pad is None:  # every row at the same positions: views of the table
-            return table[0][cache.length:top], table[1][cache.length:top]
-        pos = cache.positions(T, table[0].device)  # (B, T): each row its own positions
-        return table[0][pos], table[1][pos]        # (B, T, 1, hd)
 
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. load GPT-2's 1024 but train at 256): keep the first positions."""
@@ -576,34 +562,15 @@ class GPT(nn.Module):
         return torch.cat([idx, torch.stack(new, dim=1).to(idx.device)], dim=1)
 
     def generate_stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        generator=None, use_cache=True, context_window=None, window_chunk=1,
-                        kv_cache_dtype='auto', kv_budget=0, kv_sink=0):
+                        **settings):
         """
-        Yield the next token of every row, (B,) int64, max_new_tokens times (smallgpt/generate.py).
-
-        prompts: a (B, T) tensor or a list of B token lists (lengths may differ: left-padded).
-        Each token is predicted from at most `context_window` (default block_size) tokens back:
-        - learned positions crop the context exactly as nanoGPT does. With the cache, once the
-          window is full the last `context_window - window_chunk + 1` tokens are prefilled
-          again and `window_chunk - 1` cached steps follow. window_chunk=1 (default) is exact
-          (a full-window prefill per token past the window: a position table leaves no cheaper
-          exact way); larger chunks amortise it, but the context shrinks to
-          context_window - window_chunk + 1 right after each re-prefill.
-        - rope/none positions never re-read the context: every layer attends to its last
-          context_window (or attn_window) tokens, one token of work per step, however long the
-          sequence gets; that is forward(whole sequence, band=context_window).
-        use_cache=False is the reference: a full forward per token (nanoGPT's loop; rope/none:
-        the banded forward over the whole sequence).
-        Compressed caches (README: How low can the KV cache go): kv_cache_dtype 'int8', 'fp8'
-        or 'int4' stores K/V quantised ('auto': as computed); kv_budget > 0 keeps that many
-        tokens per layer (heavy hitters plus a recent window); kv_sink > 0 keeps the first
-        tokens when a rope/none model's cache rolls past context_window.
+        Yield the next token of every row, (B,) int64, max_new_tokens times. prompts: a (B, T)
+        tensor or a list of B token lists (ragged ones are left-padded). The other settings
+        (generator, use_cache, context_window, window_chunk, kv_cache_dtype, kv_budget, kv_sink),
+        their defaults and the decode loop: smallgpt/generate.py's generate_stream.
         """
         return generate.generate_stream(self, prompts, max_new_tokens, temperature, top_k, top_p,
-                                      generator=generator, use_cache=use_cache,
-                                      context_window=context_window, window_chunk=window_chunk,
-                                      kv_cache_dtype=kv_cache_dtype, kv_budget=kv_budget,
-                                      kv_sink=kv_sink)
+                                        **settings)
 
 
 def set_fast_cpu(model, enabled):

@@ -28,9 +28,27 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None,
                     generator=None, use_cache=True, context_window=None, window_chunk=1,
                     kv_cache_dtype='auto', kv_budget=0, kv_sink=0):
     """
-    An iterator of the next token of every row, (B,) int64, max_new_tokens times. See
-    GPT.generate_stream for the arguments. Not a generator itself: a bad setting raises here,
-    at the call, before a caller has printed anything.
+    An iterator of the next token of every row, (B,) int64, max_new_tokens times (what
+    GPT.generate_stream returns). Not a generator itself: a bad setting raises here, at the
+    call, before a caller has printed anything.
+
+    prompts: a (B, T) tensor or a list of B token lists (lengths may differ: left-padded).
+    Each token is predicted from at most `context_window` (default block_size) tokens back:
+    - learned positions crop the context exactly as nanoGPT does. With the cache, once the
+      window is full the last `context_window - window_chunk + 1` tokens are prefilled
+      again and `window_chunk - 1` cached steps follow. window_chunk=1 (default) is exact
+      (a full-window prefill per token past the window: a position table leaves no cheaper
+      exact way); larger chunks amortise it, but the context shrinks to
+      context_window - window_chunk + 1 right after each re-prefill.
+    - rope/none positions never re-read the context: every layer attends to its last
+      context_window (or attn_window) tokens, one token of work per step, however long the
+      sequence gets; that is forward(whole sequence, band=context_window).
+    use_cache=False is the reference: a full forward per token (nanoGPT's loop; rope/none:
+    the banded forward over the whole sequence).
+    Compressed caches (README: How low can the KV cache go): kv_cache_dtype 'int8', 'fp8'
+    or 'int4' stores K/V quantised ('auto': as computed); kv_budget > 0 keeps that many
+    tokens per layer (heavy hitters plus a recent window); kv_sink > 0 keeps the first
+    tokens when a rope/none model's cache rolls past context_window.
     """
     seqs = [list(map(int, row)) for row in (prompts.tolist() if torch.is_tensor(prompts)
                                             else prompts)]

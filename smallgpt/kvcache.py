@@ -176,6 +176,7 @@ class KVCache:
         # where the keys the last write(slot) returned sit: None = slots 0..S-1 in order, an int
         # m = a full ring after m writes (built only if a mask needs it), else a (S,) tensor
         self.key_pos = [None] * n_sets
+        self.rope_table = None  # rotary (cos, sin) of slots 0..n-1, made by the first rope()
         self.reset()
 
     @staticmethod
@@ -227,6 +228,22 @@ class KVCache:
         if write:
             k, v = self.write(slot, k, v)
         return k, v, self.attn_mask(q.size(2), q.device, attn_window, slot)
+
+    def rope(self, T, device, angles):
+        """Rotary (cos, sin) of the next T positions (per row if padded) from angles(pos),
+        model.py's rope_angles, read from a table made once and grown by doubling: a decode step
+        costs two slices instead of six kernels."""
+        top = self.length + T
+        if self.rope_table is None or self.rope_table[0].size(0) < top:
+            size = self.rope_table[0].size(0) if self.rope_table else self.context_window
+            n = max(top, 2 * size)
+            with torch.inference_mode(False):  # a normal tensor, though made while sampling
+                self.rope_table = angles(torch.arange(n, device=device))  # (n, 1, hd) each
+        cos, sin = self.rope_table
+        if self.pad is None:  # every row at the same positions: views of the table
+            return cos[self.length:top], sin[self.length:top]
+        pos = self.positions(T, device)  # (B, T): each row its own positions
+        return cos[pos], sin[pos]        # (B, T, 1, hd)
 
     def write(self, slot, k, v):
         """Store k, v (B, n_kv_head, T, hd) of the next T positions in set `slot`; return the
