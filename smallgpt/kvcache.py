@@ -176,7 +176,7 @@ class KVCache:
         # where the keys the last write(slot) returned sit: None = slots 0..S-1 in order, an int
         # m = a full ring after m writes (built only if a mask needs it), else a (S,) tensor
         self.key_pos = [None] * n_sets
-        self.rope_table = None  # rotary (cos, sin) of slots 0..n-1, made by the first rope()
+        self.rope_table = None  # rotary (cos, sin) of positions 0..n-1, made by the first rope()
         self.reset()
 
     @staticmethod
