@@ -31,7 +31,6 @@ from smallgpt import generate
 from smallgpt.checkpoint import CheckpointError, clean_state_dict
 from smallgpt.fast_cpu import Dropout, causal_bias
 from smallgpt.hf.convert import load_hf
-from smallgpt.kvcache import XLMemory  # noqa: F401 (its home is kvcache.py; train.py imports it here)
 from smallgpt.linear_attention import causal_linear_attention, feature_map
 
 # nanoGPT's checkpoints store exactly these model_args; keep them so either repo reads the other's.

@@ -102,11 +102,12 @@ config, given = configure(globals(), return_given=True)
 import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
-from model import GPT, GPTConfig, VARIANT_KEYS, XLMemory, set_fast_cpu  # noqa: E402
+from model import GPT, GPTConfig, VARIANT_KEYS, set_fast_cpu  # noqa: E402
 from smallgpt.checkpoint import (gather_run_state, load_checkpoint, resolve_name, restore_run, run_checkpoint, save_checkpoint)  # noqa: E402
 from smallgpt.dataloader import Batches  # noqa: E402
 from smallgpt.device import autocast_context, cached_peak_flops, note, reuse_freed_memory  # noqa: E402
 from smallgpt.errors import UserError, fail  # noqa: E402
+from smallgpt.kvcache import XLMemory  # noqa: E402
 from smallgpt.lock import acquire_run_lock, remove_stale_temp_files_under_lock  # noqa: E402
 from smallgpt.metrics import line_accuracy  # noqa: E402
 from smallgpt.runlog import RunLog  # noqa: E402
