@@ -266,6 +266,9 @@ def test_bpe_model_from_training_to_transformers_pipeline(tmp_path, bpe_dataset)
                                       cwd=tmp_path)
         assert code == 0, err
         assert sampled.startswith(prompt) and "\ufffd" not in sampled
+        import workbench  # the Python API: the same model, tokenizer and greedy text
+        assert workbench.load(str(out)).generate(prompt, max_new_tokens=24, temperature=0) == \
+            sampled[len(prompt):].removesuffix("\n")
 
         # bits per byte over a text: the bytes counted are the text's UTF-8 bytes less those
         # of the first token, which nothing predicts (worked out here from the text itself)
