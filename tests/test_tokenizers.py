@@ -177,6 +177,21 @@ def test_prepare_bpe_learns_from_the_train_split_only(tmp_path):
     assert tokenizer.decode(train) == text[:cut] and tokenizer.decode(val) == text[cut:]
 
 
+def test_a_bpe_past_65535_tokens_is_stored_as_uint32(tmp_path):
+    # 60,000 random 5-letter words, twice: enough distinct pairs seen twice for 66,000 tokens
+    rng = random.Random(0)
+    words = sorted({"".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5))
+                    for _ in range(60_000)})
+    text = " ".join(words * 2)
+    proc = prepare(tmp_path, "big", "--tokenizer=bpe", "--vocab_size=66000", text=text)
+    assert proc.returncode == 0, proc.stderr
+    meta = load_meta(str(tmp_path / "big"))
+    assert meta["vocab_size"] == 66000 and meta["dtype"] == "uint32"
+    train = np.fromfile(tmp_path / "big" / "train.bin", dtype=np.uint32)
+    assert train.max() > 65535 and len(train) == meta["train_tokens"]
+    assert Tokenizer.from_meta(meta).decode(train) == text[:int(len(text) * 0.9)]
+
+
 def test_prepare_bytes_and_char_cut_at_the_same_character(tmp_path):
     text = book(10_000)
     cut = int(len(text) * 0.9)
