@@ -35,8 +35,9 @@ import numpy as np
 
 from smallgpt.dataloader import META_VERSION
 from smallgpt.tokenizer import Tokenizer
-from smallgpt.prepare import (_shown, check_tokenizer_arguments, dtype_for_vocab, learned_tokenizer,
-                              output_folder, read_utf8, tokenizer_arguments, write_dataset)
+from smallgpt.prepare import (_shown, check_tokenizer_arguments, dtype_for_vocab, insert_after,
+                              learned_tokenizer, output_folder, read_utf8, tokenizer_arguments,
+                              write_dataset)
 
 SPLITS = ("train", "val", "test")
 END_OF_LINE = "\n"
@@ -142,7 +143,8 @@ def prepare_lines(dataset_dir, numbered_lines, source, answer_separator=None, va
                        key=lambda item: tokens[item[0]][item[1]])
     number, longest = parts[split][index]
     n_tokens = tokens[split][index]
-    meta = {"version": META_VERSION, **fields, "dtype": dtype, "source": source,
+    meta = {"version": META_VERSION, **insert_after(fields, "vocab_size", {"dtype": dtype}),
+            "source": source,
             "lines": {"end_of_line": END_OF_LINE, "answer_separator": answer_separator,
                       **{f"{split}_lines": len(parts[split]) for split in SPLITS},
                       "longest": {"characters": len(longest), "tokens": n_tokens, "line": number,

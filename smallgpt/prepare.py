@@ -287,6 +287,16 @@ def output_folder(name, data_root):
     return name if os.sep in name or "/" in name else os.path.join(data_root, name)
 
 
+def insert_after(mapping, key, new):
+    """A copy of `mapping` with the items of `new` placed right after `key`."""
+    out = {}
+    for k, v in mapping.items():
+        out[k] = v
+        if k == key:
+            out.update(new)
+    return out
+
+
 def write_dataset(folder, splits: dict, meta: dict):
     """Write each split's ids (train.bin, val.bin, test.bin), tokenizer.json for a bpe (taken
     out of meta's "tokenizer_json") and meta.json last, once all it describes is on disk."""
@@ -299,8 +309,8 @@ def write_dataset(folder, splits: dict, meta: dict):
     elif os.path.isfile(tokenizer_path):  # of an earlier bpe run: would only mislead a reader
         os.remove(tokenizer_path)
         print(f"removed {_shown(tokenizer_path)}, left by an earlier --tokenizer=bpe run")
-    meta.update({f"{split}_tokens": len(ids) for split, ids in splits.items()})
-    write_meta(folder, meta)
+    counts = {f"{split}_tokens": len(ids) for split, ids in splits.items()}
+    write_meta(folder, insert_after(meta, "source", counts))
     return [os.path.join(folder, name) for name in (*(f"{s}.bin" for s in splits),
                                                     *(["tokenizer.json"] if bpe_json else []),
                                                     "meta.json")]
@@ -359,7 +369,8 @@ def prepare_text(dataset_dir, url, argv=None, tokenizer="char"):
               f"{tokenizer.vocab_size:,}, {n_bytes / n_tokens:.2f} bytes per token")
 
     dtype = dtype_for_vocab(fields["vocab_size"])
-    meta = {"version": META_VERSION, **fields, "dtype": dtype, "source": args.input or args.url}
+    meta = {"version": META_VERSION, **insert_after(fields, "vocab_size", {"dtype": dtype}),
+            "source": args.input or args.url}
     written = write_dataset(folder, splits, meta)
     print(f"train has {len(splits['train']):,} tokens, val has {len(splits['val']):,} tokens ({dtype})")
     print("wrote " + ", ".join(_shown(path) for path in written))
