@@ -111,7 +111,7 @@ from smallgpt.kvcache import XLMemory  # noqa: E402
 from smallgpt.lock import acquire_run_lock, remove_stale_temp_files_under_lock  # noqa: E402
 from smallgpt.metrics import line_accuracy  # noqa: E402
 from smallgpt.runlog import RunLog  # noqa: E402
-from smallgpt.runsetup import (check_model, check_settings, fit_block_size, note_ignored_variants, open_dataset, resolve_auto_init, start_processes, warn_if_overwriting)  # noqa: E402
+from smallgpt.runsetup import (check_model, check_settings, fit_block_size, gpt2_tokens_needed, note_ignored_variants, open_dataset, resolve_auto_init, start_processes, warn_if_overwriting)  # noqa: E402
 from smallgpt.runstate import (RandomStreams, StopSignal, any_rank, divergence_message, diverged, get_lr, resume_command)  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -160,13 +160,15 @@ try:
         checkpoint = load_checkpoint(ckpt_path, device)
         model = GPT.from_checkpoint(checkpoint, dropout=dropout, path=ckpt_path)  # with its weights
     elif init_from.startswith('gpt2') or os.path.isdir(init_from) or '/' in init_from:
-        if meta and meta.get('tokenizer') == 'char':
-            raise UserError(f"dataset {dataset!r} is character-level, but {init_from} expects GPT-2 "
-                            f"BPE tokens; use a BPE dataset such as data/don (python data/don/prepare.py)")
+        gpt2_tokens = not meta or (meta.get('tokenizer'), meta.get('encoding')) == ('tiktoken', 'gpt2')
+        if init_from.startswith('gpt2') and not gpt2_tokens:  # checked before the download
+            raise UserError(gpt2_tokens_needed(dataset, meta, init_from))
         try:
             model = GPT.from_pretrained(init_from, dict(dropout=dropout))
         except (OSError, RuntimeError) as e:  # no such folder, no transformers, weights that don't fit
             raise UserError(e) from None
+        if model.config.vocab_size in (50257, 50304) and not gpt2_tokens:  # a folder of GPT-2's vocabulary
+            raise UserError(gpt2_tokens_needed(dataset, meta, init_from))
         if master_process:  # a Starcoder2 folder loads as a rotary model (smallgpt/hf/starcoder2.py)
             kind = 'Starcoder2' if model.config.pos_emb == 'rope' else 'GPT-2'
             print(f"initializing from {kind} weights: {init_from}")

@@ -1,5 +1,5 @@
 """
-Reading a prepared dataset: meta.json (checked), token counts, and the windows a batch is cut
+Reading a prepared dataset: meta.json (checked; with its tokenizer.json for a BPE of its own), token counts, and the windows a batch is cut
 from (random, sequential, or evenly spread for evaluation), read from the memory-mapped
 train.bin / val.bin; and Batches, the batch source of a training run (this rank's micro-batches,
 the evaluation's batches). A nanoGPT folder with a meta.pkl still loads, through a pickle reader
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from smallgpt.errors import UserError
+from smallgpt.tokenizer import KINDS, Tokenizer, json_sha256
 
 META_VERSION = 1  # bump when meta.json changes meaning; load_meta refuses other versions
 
@@ -27,8 +28,8 @@ def _check_meta(meta, path):
         raise UserError(f"{path}: expected a JSON object, got {type(meta).__name__}; {fix}")
     if meta.get("version") != META_VERSION:
         raise UserError(f"{path}: meta version {meta.get('version')!r}, this code reads version {META_VERSION}; {fix}")
-    if meta.get("tokenizer") not in ("char", "tiktoken"):
-        raise UserError(f"{path}: tokenizer must be 'char' or 'tiktoken', got {meta.get('tokenizer')!r}; {fix}")
+    if meta.get("tokenizer") not in KINDS:
+        raise UserError(f"{path}: tokenizer must be one of {', '.join(KINDS)}, got {meta.get('tokenizer')!r}; {fix}")
     if not isinstance(meta.get("vocab_size"), int) or meta["vocab_size"] <= 0:
         raise UserError(f"{path}: vocab_size must be a positive integer, got {meta.get('vocab_size')!r}; {fix}")
     if meta.get("dtype") not in ("uint16", "uint32"):
@@ -38,12 +39,39 @@ def _check_meta(meta, path):
         if not isinstance(chars, list) or len(chars) != meta["vocab_size"] \
                 or not all(isinstance(c, str) and len(c) == 1 for c in chars):
             raise UserError(f"{path}: 'chars' must list vocab_size={meta['vocab_size']} single characters; {fix}")
-    elif not isinstance(meta.get("encoding"), str):
+    elif meta["tokenizer"] == "bytes" and meta["vocab_size"] != 256:
+        raise UserError(f"{path}: a bytes tokenizer has vocab_size 256, not {meta['vocab_size']}; {fix}")
+    elif meta["tokenizer"] == "bpe" and not (isinstance(meta.get("tokenizer_file"), str)
+                                             and isinstance(meta.get("tokenizer_sha256"), str)):
+        raise UserError(f"{path}: a bpe meta names its 'tokenizer_file' and 'tokenizer_sha256'; {fix}")
+    elif meta["tokenizer"] == "tiktoken" and not isinstance(meta.get("encoding"), str):
         raise UserError(f"{path}: a tiktoken meta needs an 'encoding' name such as 'gpt2'; {fix}")
 
 
+def _attach_tokenizer_json(meta, dataset_dir):
+    """A bpe dataset's tokenizer.json, read into meta["tokenizer_json"] once checked against
+    meta.json: the .bin files mean nothing with another tokenizer. Keeping the text in the dict
+    puts it in every checkpoint train.py saves (it stores meta), so sampling, evaluation and
+    export never need the data folder (a str: weights_only=True still loads the checkpoint)."""
+    path = os.path.join(dataset_dir, meta["tokenizer_file"])
+    fix = "re-run the dataset's prepare.py with --tokenizer=bpe --vocab_size=N"
+    if not os.path.isfile(path):
+        raise UserError(f"{path} is missing, and {os.path.join(dataset_dir, 'meta.json')} says "
+                         f"the dataset was tokenized with it; {fix}")
+    with open(path, "rb") as f:  # bytes: the sha256 is of the file exactly as written
+        meta["tokenizer_json"] = f.read().decode("utf-8", errors="replace")
+    if json_sha256(meta["tokenizer_json"]) != meta["tokenizer_sha256"]:
+        raise UserError(f"{path} does not match meta.json (another sha256): it is not the "
+                         f"tokenizer train.bin and val.bin were written with; {fix}")
+    try:
+        Tokenizer.from_meta(meta)  # parses, and checks vocab_size against meta.json's
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
 def load_meta(dataset_dir) -> dict | None:
-    """meta.json of a dataset folder, else its nanoGPT meta.pkl in the same form, else None (GPT-2 BPE)."""
+    """meta.json of a dataset folder (for a bpe dataset with its tokenizer.json's text in
+    "tokenizer_json"), else its nanoGPT meta.pkl in the same form, else None (GPT-2 BPE)."""
     json_path = os.path.join(dataset_dir, "meta.json")
     pkl_path = os.path.join(dataset_dir, "meta.pkl")
     if os.path.exists(json_path):
@@ -53,6 +81,8 @@ def load_meta(dataset_dir) -> dict | None:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{json_path}: not valid JSON ({e}); re-create it with the dataset's prepare.py")
         _check_meta(meta, json_path)
+        if meta["tokenizer"] == "bpe":
+            _attach_tokenizer_json(meta, dataset_dir)
         return meta
     if os.path.exists(pkl_path):
         old = safe_unpickle(pkl_path)

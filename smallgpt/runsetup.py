@@ -173,6 +173,13 @@ def note_ignored_variants(model, asked, init_from):
              f"settings shape a model trained from scratch)")
 
 
+def gpt2_tokens_needed(dataset, meta, init_from):
+    """The one line for GPT-2 weights asked to train on another tokenizer's ids."""
+    kind = meta.get('encoding') if meta.get('tokenizer') == 'tiktoken' else meta.get('tokenizer')
+    return (f"dataset {dataset!r} is tokenized with {kind!r}, but {init_from} expects GPT-2 BPE "
+            f"tokens; use a GPT-2 dataset such as data/don (python data/don/prepare.py)")
+
+
 def check_model(model, vocab_size, xl_memory):
     """What the data and the settings need of a model that came from a checkpoint or GPT-2."""
     if vocab_size is not None and vocab_size > model.config.vocab_size:

@@ -524,3 +524,15 @@ def test_workbench_reads_out_dir_as_train_py_does(tmp_path, monkeypatch):
     configs = [str(REPO / "config" / name) for name in ("train_shakespeare_char.py", "cpu_small.py")]
     assert workbench._dry_run_setting([*train_py, *configs], str(tmp_path), "out_dir") == \
         "out-shakespeare-small-char"
+
+
+# ----------------------------------------------------------------------------- wrong tokens for GPT-2
+def test_gpt2_weights_on_a_character_dataset_is_one_line(char_dataset, tmp_path):
+    """GPT-2's weights read GPT-2 BPE ids; a character dataset's ids would train silently wrong.
+    The name is refused before anything is downloaded (this test runs offline)."""
+    result = run_train(char_dataset, tmp_path / "out", "--init_from=gpt2", "--max_iters=1",
+                       cwd=tmp_path)
+    lines = error_lines(result.stderr)
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert "tokenized with 'char'" in lines[0] and "data/don" in lines[0], lines[0]
+    assert not (tmp_path / "out" / "ckpt.pt").exists()

@@ -115,18 +115,40 @@ def gpt2_eot(vocab_size):
     return GPT2_EOT if vocab_size > GPT2_EOT else None
 
 
-def write_hf_folder(hf, state, hf_dir, vocab_size, tokenizer_dir=None):
-    """Load `state` into the freshly built HF model `hf` and save it to hf_dir, with the GPT-2
-    BPE tokenizer files when they can be found. Returns the tokenizer files written."""
+def write_hf_folder(hf, state, hf_dir, vocab_size, tokenizer_dir=None, tokenizer=None):
+    """Load `state` into the freshly built HF model `hf` and save it to hf_dir, with tokenizer
+    files: `tokenizer` (the model's own, smallgpt.tokenizer.Tokenizer) when it is a char, bytes
+    or BPE-of-its-own vocabulary, else GPT-2's BPE files when they can be found. Returns the
+    tokenizer files written."""
     # before writing anything, so a wrong tokenizer_dir leaves no half-written folder
-    bpe = find_gpt2_bpe(vocab_size, tokenizer_dir)
+    own = tokenizer.to_hf() if tokenizer is not None and not tokenizer_dir else None
+    if own is not None and tokenizer.vocab_size > vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                         f"{vocab_size}: the checkpoint's vocabulary is not this model's")
+    bpe = find_gpt2_bpe(vocab_size, tokenizer_dir) if own is None else None
     # strict: every HF tensor gets our value, so nothing is left at its random init
     hf.load_state_dict(state, strict=True)
     os.makedirs(hf_dir, exist_ok=True)
     hf.save_pretrained(hf_dir)
     assert os.path.isfile(os.path.join(hf_dir, "model.safetensors")), \
         f"transformers {_transformers().__version__} did not write {hf_dir}/model.safetensors"
+    if own is not None:
+        return write_own_tokenizer(hf_dir, own, tokenizer.eot_token is not None)
     return write_gpt2_tokenizer(hf_dir, *bpe) if bpe else []
+
+
+def write_own_tokenizer(hf_dir, hf_tokenizer, has_eot):
+    """tokenizer.json + tokenizer_config.json of a tokenizers.Tokenizer, for AutoTokenizer.
+    clean_up_tokenization_spaces=False: transformers would otherwise glue ' .' into '.' when
+    decoding, and the text would no longer be what the model wrote."""
+    from smallgpt.tokenizer import EOT_TEXT
+
+    fast = _transformers().PreTrainedTokenizerFast(
+        tokenizer_object=hf_tokenizer, clean_up_tokenization_spaces=False,
+        **({"eos_token": EOT_TEXT} if has_eot else {}))
+    saved = fast.save_pretrained(hf_dir)
+    return sorted({os.path.basename(p) for p in saved if os.path.basename(p).startswith("tok")
+                   or os.path.basename(p) == "special_tokens_map.json"})
 
 
 def _bpe_files_in(tokenizer_dir):

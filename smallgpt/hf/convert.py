@@ -88,14 +88,15 @@ def _load_hf(transformers, name_or_dir, local_only):
     return config_args, state_dict_from_hf(hf.state_dict())
 
 
-def save_hf(model, hf_dir, tokenizer_dir=None):
+def save_hf(model, hf_dir, tokenizer_dir=None, tokenizer=None):
     """
     export.py's entry point: write `model` to hf_dir as the Hugging Face architecture that
     computes the same function, a Starcoder2 for a rotary model (starcoder2.py) and a GPT-2
     otherwise, so AutoModelForCausalLM.from_pretrained(hf_dir) loads it without warnings. A
-    setting neither can hold is a ValueError naming it, and nothing is written.
+    setting neither can hold is a ValueError naming it, and nothing is written. `tokenizer`:
+    the model's own (smallgpt.tokenizer.Tokenizer; see common.write_hf_folder).
     Returns the tokenizer files written.
     """
     if model.config.pos_emb == "rope":
-        return save_hf_starcoder2(model, hf_dir, tokenizer_dir)
-    return save_hf_gpt2(model, hf_dir, tokenizer_dir)
+        return save_hf_starcoder2(model, hf_dir, tokenizer_dir, tokenizer)
+    return save_hf_gpt2(model, hf_dir, tokenizer_dir, tokenizer)
