@@ -167,7 +167,7 @@ class Runner:
         self.model = torch.compile(self.raw_model) if s['compile'] else self.raw_model
         self.optimizer = self.raw_model.configure_optimizers(
             s['weight_decay'], s['learning_rate'], (s['beta1'], s['beta2']), self.device_type,
-            fused=s['fast_cpu'] or self.device_type != 'cpu')
+            fused=s['fast_cpu'] or self.device_type != 'cpu', compiled=s['compile'])
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == 'float16'))
         self.tokens_per_iter = s['batch_size'] * s['block_size'] * s['gradient_accumulation_steps']
         self.flops_per_iter = self.raw_model.flops_per_token() * self.tokens_per_iter

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from smallgpt import generate
 from smallgpt.checkpoint import CheckpointError, clean_state_dict
+from smallgpt.device import AdamW as EagerAdamW
 from smallgpt.fast_cpu import Dropout, causal_bias
 from smallgpt.hf.convert import load_hf
 from smallgpt.linear_attention import causal_linear_attention, feature_map
@@ -522,22 +523,25 @@ class GPT(nn.Module):
         model.load_state_dict(state)
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, fused=True):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, fused=True,
+                             compiled=False):
         """AdamW; weight decay only on matrices (matmul weights, embeddings), not biases/norms.
         fused=False takes torch's default implementation instead (on a CPU a per-tensor loop,
-        which is what nanoGPT gets there)."""
+        which is what nanoGPT gets there). compiled=False (no torch.compile) builds
+        smallgpt.device.AdamW: the same update, without importing torch._dynamo at start-up."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        # fused AdamW is one kernel per step on CUDA and on CPU (torch >= 2.4); else foreach
+        AdamW = torch.optim.AdamW if compiled else EagerAdamW
         if not fused:
-            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+            return AdamW(groups, lr=learning_rate, betas=betas)
+        # fused AdamW is one kernel per step on CUDA and on CPU (torch >= 2.4); else foreach
         fused = "fused" in inspect.signature(torch.optim.AdamW).parameters \
             and device_type in ("cuda", "cpu")
         extra = {"fused": True} if fused else {"foreach": True}
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        return AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
     def flops_per_token(self):
         """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM, app. B)."""

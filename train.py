@@ -202,7 +202,7 @@ if fsdp:  # before the optimizer: sharding turns the parameters into DTensors
 # ----------------------------------------------------------------------------- optimizer
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
-                                       fused=fast_cpu or device_type != 'cpu')
+                                       fused=fast_cpu or device_type != 'cpu', compiled=compile)
 raw_model = model
 if compile:
     if master_process:

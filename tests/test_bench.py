@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import run_train
+from conftest import run_train, train_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -341,3 +341,25 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_a_train_py_run_without_compile_never_imports_dynamo(char_dataset, tmp_path):
+    """The start-up promise end to end: train.py (compile=False, fused AdamW, evals, a saved
+    checkpoint) runs in an interpreter that never imports torch._dynamo (about a second)."""
+    args = ["train.py", *train_args(char_dataset, tmp_path / "out", "--max_iters=2",
+                                    "--eval_interval=1", "--compile=False")]
+    code = f"""
+import runpy, sys
+sys.argv = {args!r}
+sys.path.insert(0, {REPO!r})
+try:
+    runpy.run_path({os.path.join(REPO, 'train.py')!r}, run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+print("dynamo imported:", "torch._dynamo" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "ckpt.pt").is_file()
+    assert "dynamo imported: False" in proc.stdout, proc.stdout[-1000:]
