@@ -51,7 +51,7 @@ class GPTConfig:
     dropout: float = 0.0     # on embeddings, attention weights and residual branches (training only)
     bias: bool = True        # biases in Linear and LayerNorm layers, like GPT-2; False is a bit faster
     gelu: str = "exact"      # 'exact' (erf, nanoGPT) or 'tanh' (GPT-2/Hugging Face 'gelu_new')
-    # attention variants; every default is GPT-2's attention exactly (README: Attention variants)
+    # attention variants; every default is GPT-2's attention exactly (docs/attention.md)
     pos_emb: str = "learned"  # 'learned' (table wpe), 'rope' (rotary q and k) or 'none'
     rope_theta: float = 10000.0  # rotary base: the slowest pair turns once per ~2*pi*theta tokens
     n_kv_head: int = 0       # key/value heads (0 = n_head; 1 = multi-query); must divide n_head

@@ -32,7 +32,7 @@ top_k = 200  # keep only the k most likely tokens (0 = all)
 top_p = 1.0  # keep the smallest set of tokens with this much probability (1.0 = all)
 stop = ''  # stop a sample where this text appears (it is not printed); \n, \t typed here work
 stop_at_eot = False  # stop a sample at GPT-2's <|endoftext|> token
-stop_at_line_end = True  # line datasets (README: Line datasets): a sample ends with its line
+stop_at_line_end = True  # line datasets (docs/lines.md): a sample ends with its line
 stream = True  # print text as it is generated (when there is a single sample)
 seed = 1337
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
@@ -41,8 +41,8 @@ compile = False  # torch.compile the model (pays off only for long generations)
 weights_dtype = 'float32'  # weights for decoding: float32, bfloat16 or int8 (per-row scales): fewer bytes per token, faster on a CPU (docs/performance.md)
 use_cache = True  # KV cache; False recomputes the whole context per token (nanoGPT's way)
 context_window = 0  # tokens of context each prediction sees (0 = block_size, + xl_memory if trained with it)
-window_chunk = 1  # past the window: 1 = exact nanoGPT cropping, more = faster (see README)
-kv_cache_dtype = 'auto'  # KV cache storage: auto (as computed), int8, fp8 or int4 (README: How low can the KV cache go)
+window_chunk = 1  # past the window: 1 = exact nanoGPT cropping, more = faster (docs/sampling.md)
+kv_cache_dtype = 'auto'  # KV cache storage: auto (as computed), int8, fp8 or int4 (docs/kv-compression.md)
 kv_budget = 0  # tokens each layer's cache keeps: the most attended plus a recent window (0 = all)
 kv_sink = 0  # rope/none past the context: the first N tokens stay in the cache (0 = off)
 interactive = False  # a prompt loop that keeps the model loaded

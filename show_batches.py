@@ -1,6 +1,6 @@
 """
 Print the rows of a few consecutive training batches, decoded, to see how data_order feeds the
-model (seed 002's gen_sample_data.py). With data_order='sequential' row b of each batch starts
+model (the transformer tutorial's gen_sample_data.py). With data_order='sequential' row b of each batch starts
 exactly where row b of the batch before ended, which is what TransformerXL's memory relies on.
 
     python show_batches.py --dataset=don_char --batch_size=4 --block_size=32 --steps=3

@@ -7,10 +7,10 @@ One process on a CPU, a GPU or Apple's MPS:
 Distributed data parallel, one process per GPU (or per CPU socket, with gloo):
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py
-Sharded (FSDP), and restarted from last.pt when a process dies (README: Distributed training):
+Sharded (FSDP), and restarted from last.pt when a process dies (docs/distributed.md):
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py --parallel=fsdp --compile=False
     torchrun --standalone --nproc_per_node=8 --max-restarts=3 train.py config/train_gpt2.py --init_from=auto
-A line dataset (one sample per line; README: Line datasets and tasks), with accuracy at each eval:
+A line dataset (one sample per line; docs/lines.md), with accuracy at each eval:
     python train.py config/train_add.py
 Resume where a run stopped (exactly: same batches, same random numbers):
     python train.py config/train_don_char.py --init_from=resume --resume_checkpoint_name=last.pt
@@ -52,7 +52,7 @@ batch_size = 12  # sequences per micro-batch
 block_size = 1024  # context length in tokens
 data_order = 'random'  # 'random' windows, or 'sequential': each batch row continues its own stretch of text
 xl_memory = 0  # tokens of the previous steps' keys/values each layer also sees (TransformerXL; needs 'sequential')
-# line datasets (README: Line datasets): one line per window, padded; a plain text dataset has none
+# line datasets (docs/lines.md): one line per window, padded; a plain text dataset has none
 answer_separator = ''  # what ends a line's question, e.g. '=' ('' = the dataset's own, in meta.json)
 loss_on = 'all'  # 'all': every token of a line but its first; 'answer': only what follows the separator
 eval_accuracy = 0  # at every eval, exact-match accuracy of greedy answers on this many val lines
@@ -62,7 +62,7 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # 0 for pretraining, try 0.1+ for finetuning
 bias = False  # biases in Linear/LayerNorm layers
-# attention variants (README: Attention variants); each default is GPT-2's attention. A resumed
+# attention variants (docs/attention.md); each default is GPT-2's attention. A resumed
 # or GPT-2 model keeps its own: these only shape a model trained from scratch
 pos_emb = 'learned'  # 'learned' (position table), 'rope' (rotary on q and k) or 'none'
 rope_theta = 10000.0  # rotary base (pos_emb='rope' only)
@@ -83,14 +83,14 @@ decay_lr = True  # False = constant learning_rate
 warmup_iters = 2000
 lr_decay_iters = 600000  # ~= max_iters per Chinchilla
 min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
-# distributed (torchrun; README: Distributed training)
+# distributed (torchrun; docs/distributed.md)
 backend = 'nccl'  # for CUDA; CPU runs always use gloo
 parallel = 'ddp'  # 'ddp': a full copy per process; 'fsdp': parameters, gradients, AdamW state sharded
 # system
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
 dtype = 'auto'  # auto, float32, bfloat16, float16 (float16 adds a GradScaler)
 compile = True  # torch.compile the model (PyTorch 2)
-fast_cpu = True  # CPU speed-ups that keep the math (README: Performance); False = nanoGPT's path
+fast_cpu = True  # CPU speed-ups that keep the math (docs/performance.md); False = nanoGPT's path
 seed = 1337  # base random seed (each DDP rank adds its rank)
 peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = measure with a quick matmul (once per machine, then cached)
 # -----------------------------------------------------------------------------

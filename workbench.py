@@ -344,8 +344,7 @@ class Model:
         `count` lines, or all): {'accuracy', 'correct', 'lines', 'predictions'}."""
         folder, meta = self._line_data(dataset, split)
         if not is_line_dataset(meta):
-            raise ValueError(f"{folder} is not a line dataset: accuracy needs one (README: Line "
-                             f"datasets)")
+            raise ValueError(f"{folder} is not a line dataset: accuracy needs one (docs/lines.md)")
         lines = LineDataset(folder, meta, splits=(split,))
         separator = separator or self.config.get('answer_separator') or lines.separator
         if not separator:

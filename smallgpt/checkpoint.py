@@ -29,7 +29,7 @@ class CheckpointError(UserError):
 
 
 def resolve_name(name):
-    """'last' -> 'last.pt', so --checkpoint_name=last works as seed 002 prints it."""
+    """'last' -> 'last.pt', so --checkpoint_name=last works as the transformer tutorial prints it."""
     return name if name.endswith(".pt") else name + ".pt"
 
 

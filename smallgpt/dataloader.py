@@ -217,7 +217,7 @@ class Batches:
     position is saved and resumed exactly), seeded alike on every rank; each optimizer step draws
     all micro_steps x world_size micro-batches of the step and each rank keeps every
     world_size-th, from its rank, so 1 process x 4 micro-batches, 2 x 2 and 4 x 1 train on the
-    same windows (README: Distributed training). data_order='sequential': row g of the global
+    same windows (docs/distributed.md). data_order='sequential': row g of the global
     batch continues its own stretch of text (sequential_starts), and where the rows start over
     `memories` (TransformerXL's, one per micro-batch of this rank, handed in) are emptied.
     UserError at once when the data can't give windows of block_size."""

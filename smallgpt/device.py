@@ -97,7 +97,7 @@ def reuse_freed_memory():
     when they are freed and maps fresh pages for the next allocation, and each fresh page costs
     a page fault on first touch. A training step frees and re-allocates the same activation
     sizes every time, so on a CPU it paid those faults on every tensor: about a fifth of a step
-    of the seeds' CPU recipe here (bench.py). Raising the trim threshold and taking every block
+    of the DI725 course's CPU recipe here (bench.py). Raising the trim threshold and taking every block
     from the heap (no mmap) keeps freed blocks for reuse; the mmap threshold alone can't go above
     32 MiB, and the full char config's attention scores are 50 MB each (a bf16 multiply of two
     of them: 17 ms from fresh pages, 2.5 ms reusing the heap). The cost: resident memory stays

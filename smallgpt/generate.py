@@ -45,7 +45,7 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None,
       sequence gets; that is forward(whole sequence, band=context_window).
     use_cache=False is the reference: a full forward per token (nanoGPT's loop; rope/none:
     the banded forward over the whole sequence).
-    Compressed caches (README: How low can the KV cache go): kv_cache_dtype 'int8', 'fp8'
+    Compressed caches (docs/kv-compression.md): kv_cache_dtype 'int8', 'fp8'
     or 'int4' stores K/V quantised ('auto': as computed); kv_budget > 0 keeps that many
     tokens per layer (heavy hitters plus a recent window); kv_sink > 0 keeps the first
     tokens when a rope/none model's cache rolls past context_window.

@@ -275,7 +275,7 @@ def test_bare_config_names_are_found_in_config_dir(tmp_path, monkeypatch):
         assert config["dataset"] == "shakespeare_char"
         assert config["max_iters"] == 5000 and config["n_layer"] == 6 and config["dropout"] == 0.2
 
-    # the seeds' CPU recipe as a preset after a dataset config: it derives its out_dir
+    # the DI725 course's CPU recipe as a preset after a dataset config: it derives its out_dir
     config = configurator.configure(train_defaults(), ["train_shakespeare_char", "cpu_small"],
                                     script=str(TRAIN))
     assert config["out_dir"] == "out-shakespeare-small-char"
@@ -310,7 +310,7 @@ def test_broken_config_file_is_one_line(capsys, tmp_path):
 
 
 def test_hydra_style_config_name(tmp_path):
-    # seed 001 prints `train.py --config-path=config --config-name=finetune_shakespeare`
+    # the GPT-2 re-implementation with Hydra configs prints `train.py --config-path=config --config-name=finetune_shakespeare`
     config = configurator.configure(train_defaults(), ["--config-path=config",
                                                        "--config-name=train_shakespeare_char"],
                                     script=str(TRAIN))

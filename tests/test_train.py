@@ -206,7 +206,7 @@ def test_eval_only_evaluates_and_writes_no_checkpoint(char_dataset, tmp_path, fl
     assert not list(out_dir.glob("*.pt*")), os.listdir(out_dir)
 
 
-def test_seed_002_resume_with_max_iters_0_only_reports_losses(trained_run, char_dataset, tmp_path):
+def test_tutorial_resume_with_max_iters_0_only_reports_losses(trained_run, char_dataset, tmp_path):
     out_dir = copy_run(trained_run[0], tmp_path)
     before = snapshot(out_dir / "ckpt.pt", out_dir / "last.pt")
     result = resume(char_dataset, out_dir, "--max_iters=0", "--eval_interval=1", cwd=tmp_path, name="ckpt.pt")
