@@ -181,8 +181,8 @@ try:
     if init_from != 'scratch':  # the architecture comes from the checkpoint or the weights
         asked = {key: config[key] for key in VARIANT_KEYS if key in given}
         # fewer K/V heads, a window or shared K/V: the weights converted (smallgpt/convert_attention.py)
-        model, converted = convert_resumed_model(model, asked, kv_pool)
-        if converted and checkpoint is not None:
+        model, reshaped = convert_resumed_model(model, asked, kv_pool)
+        if reshaped and checkpoint is not None:
             checkpoint['optimizer'] = None  # Adam's moments fit the old weights: start fresh
         note_ignored_variants(model, asked, init_from)
     check_model(model, vocab_size, xl_memory)

@@ -7,7 +7,7 @@ loss inside the block (positions < block_size) and past it (block_size .. 4 x bl
 on windows four blocks long.
 
     python data/don_char/prepare.py           # once
-    nice python examples/linear_vs_softmax.py                   # 8 runs of 400 steps
+    nice python examples/linear_vs_softmax.py                   # 8 runs of 300 steps
     python examples/linear_vs_softmax.py --max_iters=100 --blocks=16,32   # a quick look
 
 Both use pos_emb='none' (no position signal but the causal mask): linear attention takes no
@@ -23,7 +23,7 @@ from exercise_tools import REPO, load, loss_by_position, markdown, train, val_to
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--blocks", default="16,32,64,128", help="block sizes, comma-separated")
-parser.add_argument("--max_iters", type=int, default=400, help="steps per run (the preset: 2000)")
+parser.add_argument("--max_iters", type=int, default=300, help="steps per run (the preset: 2000)")
 parser.add_argument("--tokens_per_iter", type=int, default=768, help="batch_size x block_size")
 parser.add_argument("--out_dir", default=os.path.join(REPO, "out-exercises", "linear_vs_softmax"))
 args = parser.parse_args()

@@ -29,9 +29,10 @@ POOLS = ("mean", "first")
 
 def convert_resumed_model(model, asked, pool="mean"):
     """`asked`: the variant settings the user gave ({key: value}) for a model that came from a
-    checkpoint. Returns (model, converted): a new model of the asked n_kv_head, attn_window,
+    checkpoint. Returns (model, reshaped): a new model of the asked n_kv_head, attn_window,
     window_pattern and kv_share built from `model`'s weights, with one note saying what was
-    done, or the same model when none of those differ. The other keys are left to the caller
+    done, or the same model when none of those differ; reshaped = some weights changed shape,
+    so the saved optimizer state no longer fits them. The other keys are left to the caller
     (runsetup.note_ignored_variants names them). What cannot be converted raises UserError."""
     cfg = model.config
     changes = {k: v for k, v in asked.items() if k in CONVERTIBLE and v != getattr(cfg, k)
@@ -39,9 +40,11 @@ def convert_resumed_model(model, asked, pool="mean"):
     if not changes:
         return model, False
     model, done = convert_attention(model, changes, pool)
-    note(f"converted the checkpoint's model: {done}; the optimizer starts fresh (its Adam moments "
-         f"belong to the old weights), so train a few hundred steps (docs/tutorial_exercises.md)")
-    return model, True
+    reshaped = "n_kv_head" in changes or "kv_share" in changes
+    note(f"converted the checkpoint's model: {done}" + (
+        "; the optimizer starts fresh (its Adam moments fit the old weights), so train a few "
+        "hundred steps (docs/tutorial_exercises.md)" if reshaped else ""))
+    return model, reshaped
 
 
 def convert_attention(model, changes, pool="mean"):
@@ -72,8 +75,8 @@ def convert_attention(model, changes, pool="mean"):
     if new.kv_heads != old.kv_heads:
         done.append(f"K/V heads {old.kv_heads} -> {new.kv_heads} (each group's projections: {pool})")
     if (new.attn_window, new.window_pattern) != (old.attn_window, old.window_pattern):
-        done.append(f"attn_window={new.attn_window}, window_pattern={new.window_pattern!r} "
-                    f"(no weights change)")
+        pattern = f", window_pattern={new.window_pattern!r}" if new.window_pattern else ""
+        done.append(f"attn_window={new.attn_window}{pattern} (no weights change)")
     if new.kv_share != old.kv_share:
         source = "its first layer's" if pool == "first" else "the mean of its layers'"
         done.append(f"kv_share {old.kv_share} -> {new.kv_share} (each group's K/V: {source})")

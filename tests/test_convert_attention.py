@@ -156,14 +156,24 @@ def test_resume_with_fewer_kv_heads_converts_and_saves_the_new_shape(char_datase
                        "--init_from=resume", "--resume_checkpoint_name=last", "--n_kv_head=1",
                        "--attn_window=8", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming from" in result.stdout
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "K/V heads 2 -> 1" in notes[0] and "attn_window=8" in notes[0] \
         and "optimizer starts fresh" in notes[0], result.stderr
-    assert "resuming from" in result.stdout
     after = torch.load(out_dir / "last.pt", weights_only=True)
     assert after["iter_num"] == 8
     assert after["model_args"]["n_kv_head"] == 1 and after["model_args"]["attn_window"] == 8
     assert after["model"]["transformer.h.0.attn.c_attn.weight"].shape == (32 + 2 * 16, 32)
+    assert int(after["optimizer"]["state"][0]["step"]) == 4  # fresh at iteration 4
+    # a window alone changes no shape: the Adam moments carry on
+    result = run_train(char_dataset, out_dir, "--max_iters=10", "--eval_interval=4",
+                       "--init_from=resume", "--resume_checkpoint_name=last", "--attn_window=4",
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: converted the checkpoint's model: attn_window=4 (no weights change)"]
+    after = torch.load(out_dir / "last.pt", weights_only=True)
+    assert after["model_args"]["attn_window"] == 4 and int(after["optimizer"]["state"][0]["step"]) == 6
     # asked for more K/V heads than the checkpoint now has: one line, and nothing written
     before = (out_dir / "last.pt").read_bytes()
     result = run_train(char_dataset, out_dir, "--max_iters=12", "--init_from=resume",
