@@ -12,8 +12,8 @@ on windows four blocks long.
 
 Both use pos_emb='none' (no position signal but the causal mask): linear attention takes no
 rotary positions here, and a learned table has no rows past block_size, so this is the one
-setting where both models can read past their training length. Writes the table to
-out-exercises/linear_vs_softmax.md; docs/tutorial_exercises.md discusses it.
+setting where both models can read past their training length. Writes the table beside
+out_dir (out-exercises/linear_vs_softmax.md); docs/tutorial_exercises.md discusses it.
 """
 
 import argparse
@@ -50,5 +50,5 @@ for block in [int(b) for b in args.blocks.split(",")]:
 table = markdown(["block_size", "attention", "val loss, positions < block",
                   "val loss, block .. 4 block", "past - inside"], rows)
 print(table)
-with open(os.path.join(args.out_dir, "..", "linear_vs_softmax.md"), "w") as f:
+with open(args.out_dir.rstrip("/") + ".md", "w") as f:  # out-exercises/linear_vs_softmax.md
     f.write(table + "\n")
