@@ -11,7 +11,7 @@ block_size x4 (256), and the val loss at the positions past the old limit (64..2
 
 The resumed runs keep the preset's 768 tokens per step (batch_size 12 -> 3 at 4x the block),
 so a step costs what it did; the learning rate is where the preset's schedule ends (min_lr
-1e-4). A learned table grows 192 new rows (the mean learned row plus noise, train.py's
+1e-4), or a constant --learning_rate (e.g. the preset's peak, 1e-3). A learned table grows 192 new rows (the mean learned row plus noise, train.py's
 fit_block_size); rotary positions need nothing. Each stage resumes the last one's last.pt
 (train.py resumes exactly: the same batches as one run). Loss by position: windows of 256 val
 tokens, each read from its start, evenly spread over the val split (exercise_tools.py).
@@ -29,13 +29,18 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--stages", default="25,50,100,200,400", help="steps after the resume")
 parser.add_argument("--factor", type=int, default=4, help="new block_size / old")
 parser.add_argument("--base_iters", type=int, default=2000, help="steps of the original models")
+parser.add_argument("--pos_embs", default="learned,rope", help="the models, comma-separated")
+parser.add_argument("--learning_rate", type=float, default=0.0,
+                    help="a constant learning rate for the resumed runs (0 = the schedule's min_lr)")
 parser.add_argument("--out_dir", default=os.path.join(REPO, "out-exercises"))
 args = parser.parse_args()
+lr_settings = [f"--learning_rate={args.learning_rate}", "--decay_lr=False"] if args.learning_rate else []
+suffix = f"-lr{args.learning_rate:g}" if args.learning_rate else ""
 
 tokens = val_tokens()
 stages = [int(s) for s in args.stages.split(",")]
 rows = []
-for pos_emb in ("learned", "rope"):
+for pos_emb in args.pos_embs.split(","):
     base = base_model(os.path.join(args.out_dir, f"don-{pos_emb}"), args.base_iters, pos_emb)
     model, start = load(base)
     old = model.config.block_size
@@ -44,7 +49,7 @@ for pos_emb in ("learned", "rope"):
     # step 0: what train.py starts from (the same new wpe rows: its seed, 1337)
     model.extend_block_size(new, torch.Generator().manual_seed(1337))
     losses = {0: loss_by_position(model, tokens, new)}
-    out_dir = os.path.join(args.out_dir, "longer", pos_emb)
+    out_dir = os.path.join(args.out_dir, "longer", pos_emb + suffix)
     done = 0
     if os.path.isfile(os.path.join(out_dir, "last.pt")):
         done = load(os.path.join(out_dir, "last.pt"))[1] - start
@@ -55,7 +60,7 @@ for pos_emb in ("learned", "rope"):
         if steps > done:
             train(f"--out_dir={out_dir}", "--init_from=resume", "--resume_checkpoint_name=last.pt",
                   f"--block_size={new}", f"--batch_size={batch_size}", f"--max_iters={start + steps}",
-                  "--eval_interval=100000", "--eval_iters=2", log=os.path.join(out_dir, f"train{steps}.txt"))
+                  "--eval_interval=100000", "--eval_iters=2", *lr_settings, log=os.path.join(out_dir, f"train{steps}.txt"))
             torch.save(load(os.path.join(out_dir, "last.pt"))[0].state_dict(),
                        os.path.join(out_dir, f"weights{steps}.pt"))  # the step's model, for a rerun
             done = steps
@@ -70,5 +75,5 @@ for pos_emb in ("learned", "rope"):
 table = markdown(["position embedding", "steps at 4x block", f"val loss, pos < {old}", f"{old} .. {2 * old - 1}",
                   f"{old} .. {new - 1}", f"{new - old} .. {new - 1}"], rows)
 print(table)
-with open(os.path.join(args.out_dir, "longer_context.md"), "w") as f:
+with open(os.path.join(args.out_dir, f"longer_context{suffix}.md"), "w") as f:
     f.write(table + "\n")
