@@ -72,7 +72,7 @@ attn_window = 0  # tokens a windowed layer sees (0 = full causal attention)
 window_pattern = ''  # per layer, repeated: S = windowed, L = full, e.g. 'SSSL' ('' = all S)
 kv_share = 1  # neighbouring layers that share one set of keys/values (1 = none)
 attention = 'softmax'  # 'softmax', or 'linear' (elu+1 kernel, a fixed-size state when generating)
-kv_pool = 'mean'  # converting to fewer K/V heads or kv_share: pooled projections 'mean' or 'first'
+kv_pool = 'auto'  # converting K/V heads or kv_share: 'mean' or 'first'; 'auto' = mean for heads, first for layers
 # AdamW optimizer
 learning_rate = 6e-4  # peak learning rate
 max_iters = 600000  # total optimizer steps

@@ -59,7 +59,7 @@ for name in args.variants.split(","):
     val = {row["iter"] - start: row["val_loss"] for row in read_log(os.path.join(out_dir, "log.csv"))
            if row["kind"] == "eval"}
     if name == "plain":
-        rows.insert(0, ["original (trained " + str(start) + " steps)", f"{kv_bytes_per_token(original.config):,.0f}",
+        rows.insert(0, [f"original (trained {start} steps)", f"{kv_bytes_per_token(original.config):,.0f}",
                         f"{val[0]:.3f}"] + [""] * (1 + len(SHOWN)))
     converted, _ = load(last)
     rows.append([label, f"{kv_bytes_per_token(converted.config):,.0f}", "", f"{val[0]:.3f}"]

@@ -6,13 +6,14 @@ block_size x4 (256), and the val loss at the positions past the old limit (64..2
 0, 25, 50, 100, 200 and 400 steps.
 
     python data/don_char/prepare.py            # once
-    nice python examples/longer_context.py            # two preset models (2000 steps each), then 2 x 400 steps
+    nice python examples/longer_context.py     # two preset models (2000 steps each), then 2 x 400 steps
     python examples/longer_context.py --stages=25,50 --base_iters=250   # a quick look
 
 The resumed runs keep the preset's 768 tokens per step (batch_size 12 -> 3 at 4x the block),
 so a step costs what it did; the learning rate is where the preset's schedule ends (min_lr
-1e-4), or a constant --learning_rate (e.g. the preset's peak, 1e-3). A learned table grows 192 new rows (the mean learned row plus noise, train.py's
-fit_block_size); rotary positions need nothing. Each stage resumes the last one's last.pt
+1e-4), or a constant --learning_rate (e.g. the preset's peak, 1e-3). A learned table grows
+192 new rows (the mean learned row plus noise, train.py's fit_block_size); rotary positions
+need nothing. Each stage resumes the last one's last.pt
 (train.py resumes exactly: the same batches as one run). Loss by position: windows of 256 val
 tokens, each read from its start, evenly spread over the val split (exercise_tools.py).
 """
@@ -60,7 +61,8 @@ for pos_emb in args.pos_embs.split(","):
         if steps > done:
             train(f"--out_dir={out_dir}", "--init_from=resume", "--resume_checkpoint_name=last.pt",
                   f"--block_size={new}", f"--batch_size={batch_size}", f"--max_iters={start + steps}",
-                  "--eval_interval=100000", "--eval_iters=2", *lr_settings, log=os.path.join(out_dir, f"train{steps}.txt"))
+                  "--eval_interval=100000", "--eval_iters=2", *lr_settings,
+                  log=os.path.join(out_dir, f"train{steps}.txt"))
             torch.save(load(os.path.join(out_dir, "last.pt"))[0].state_dict(),
                        os.path.join(out_dir, f"weights{steps}.pt"))  # the step's model, for a rerun
             done = steps
@@ -69,11 +71,11 @@ for pos_emb in args.pos_embs.split(","):
         losses[steps] = loss_by_position(model, tokens, new)
         print(pos_emb, steps, f"{losses[steps][old:].mean():.3f}", flush=True)
     for steps, by_position in losses.items():
-        rows.append([pos_emb, steps, f"{by_position[:old].mean():.3f}", f"{by_position[old:2 * old].mean():.3f}",
-                     f"{by_position[old:].mean():.3f}", f"{by_position[-old:].mean():.3f}"])
+        ranges = (slice(0, old), slice(old, 2 * old), slice(old, new), slice(new - old, new))
+        rows.append([pos_emb, steps] + [f"{by_position[r].mean():.3f}" for r in ranges])
 
-table = markdown(["position embedding", "steps at 4x block", f"val loss, pos < {old}", f"{old} .. {2 * old - 1}",
-                  f"{old} .. {new - 1}", f"{new - old} .. {new - 1}"], rows)
+table = markdown(["position embedding", "steps at 4x block", f"val loss, pos < {old}",
+                  f"{old} .. {2 * old - 1}", f"{old} .. {new - 1}", f"{new - old} .. {new - 1}"], rows)
 print(table)
 with open(os.path.join(args.out_dir, f"longer_context{suffix}.md"), "w") as f:
     f.write(table + "\n")

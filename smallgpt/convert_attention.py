@@ -7,8 +7,12 @@ finish the job (the transformer tutorial's "do a few gradient steps from a saved
   multi-head checkpoint. The query heads a pooled head serves are exactly those its old heads
   served (repeat_kv's contiguous groups), so identical heads in a group change nothing.
 - attn_window / window_pattern: no weights change; the layers just see fewer keys.
-- kv_share: the first layer of each new group keeps a K/V projection, the mean of the group's
-  old ones (or its first layer's own); the other layers keep their query rows only.
+- kv_share: the first layer of each new group keeps a K/V projection, its own (or the mean of
+  the group's); the other layers keep their query rows only.
+
+pool='auto' takes what measured better on the CPU preset (docs/tutorial_exercises.md): the mean
+for heads (the heads of a layer read the same input), the first layer's for kv_share (so that
+layer computes what it did; a mean of layers that read different inputs fits none of them).
 
 train.py calls convert_resumed_model when a resumed (or Hugging Face) model is asked for other
 attention settings; docs/tutorial_exercises.md measures what each conversion costs and how many
@@ -24,10 +28,10 @@ from smallgpt.errors import UserError
 
 # the settings a conversion can change; the others (pos_emb, attention, ...) a model keeps
 CONVERTIBLE = ("n_kv_head", "attn_window", "window_pattern", "kv_share")
-POOLS = ("mean", "first")
+POOLS = ("auto", "mean", "first")
 
 
-def convert_resumed_model(model, asked, pool="mean"):
+def convert_resumed_model(model, asked, pool="auto"):
     """`asked`: the variant settings the user gave ({key: value}) for a model that came from a
     checkpoint. Returns (model, reshaped): a new model of the asked n_kv_head, attn_window,
     window_pattern and kv_share built from `model`'s weights, with one note saying what was
@@ -47,11 +51,13 @@ def convert_resumed_model(model, asked, pool="mean"):
     return model, reshaped
 
 
-def convert_attention(model, changes, pool="mean"):
+def convert_attention(model, changes, pool="auto"):
     """A new model (the class of `model`) with the settings `changes` ({n_kv_head, attn_window,
     window_pattern, kv_share: value}) from `model`'s weights. Returns (model, what was done)."""
     if pool not in POOLS:
-        raise UserError(f"kv_pool={pool!r}: use 'mean' (average the pooled K/V projections) or 'first'")
+        raise UserError(f"kv_pool={pool!r}: use 'auto', 'mean' (average the pooled K/V projections) "
+                        f"or 'first'")
+    head_pool, layer_pool = ("mean", "first") if pool == "auto" else (pool, pool)
     old = model.config
     if old.attention == "linear" and ({"attn_window", "kv_share"} & set(changes)):
         raise UserError("a linear-attention model keeps one running state per layer: it has no "
@@ -67,18 +73,18 @@ def convert_attention(model, changes, pool="mean"):
     state = {k: v.detach() for k, v in model.state_dict().items()}
     for layer in range(old.n_layer):
         if layer % old.kv_share == 0:
-            pool_kv_heads(state, layer, old, new.kv_heads, pool)
-    share_kv(state, old, new, pool)
+            pool_kv_heads(state, layer, old, new.kv_heads, head_pool)
+    share_kv(state, old, new, layer_pool)
     converted = type(model)(new)
     converted.load_state_dict(state)
     done = []
     if new.kv_heads != old.kv_heads:
-        done.append(f"K/V heads {old.kv_heads} -> {new.kv_heads} (each group's projections: {pool})")
+        done.append(f"K/V heads {old.kv_heads} -> {new.kv_heads} (each group's projections: {head_pool})")
     if (new.attn_window, new.window_pattern) != (old.attn_window, old.window_pattern):
         pattern = f", window_pattern={new.window_pattern!r}" if new.window_pattern else ""
         done.append(f"attn_window={new.attn_window}{pattern} (no weights change)")
     if new.kv_share != old.kv_share:
-        source = "its first layer's" if pool == "first" else "the mean of its layers'"
+        source = "its first layer's" if layer_pool == "first" else "the mean of its layers'"
         done.append(f"kv_share {old.kv_share} -> {new.kv_share} (each group's K/V: {source})")
     return converted, ", ".join(done)
 

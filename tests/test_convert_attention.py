@@ -121,6 +121,16 @@ def test_kv_share_takes_the_groups_mean_or_first_projection(pool):
     assert converted.transformer.h[1].attn.owns_kv is False
 
 
+def test_auto_pool_is_the_mean_for_heads_and_the_first_for_layers():
+    model = tiny_model(pos_emb="rope")
+    for changes, chosen in (({"n_kv_head": 2}, "mean"), ({"kv_share": 2}, "first")):
+        auto, _ = convert_attention(model, changes)
+        other = "first" if chosen == "mean" else "mean"
+        torch.testing.assert_close(logits_of(auto), logits_of(convert_attention(model, changes, chosen)[0]),
+                                   rtol=0, atol=0)
+        assert not torch.allclose(logits_of(auto), logits_of(convert_attention(model, changes, other)[0]))
+
+
 def test_undoing_kv_share_gives_every_layer_its_groups_projection():
     """kv_share 2 -> 1: every layer projects its own K/V again, starting from the group's
     (not the same model: layer 1 now applies it to its own input, not to layer 0's)."""
