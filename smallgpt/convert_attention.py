@@ -123,17 +123,18 @@ def share_kv(state, old, new, pool):
     if new.kv_share == old.kv_share:
         return
     C = new.n_embd
+    before = dict(state)  # read from the old layout only: groups need not nest (kv_share 2 -> 3)
 
     def part(layer, kind, sl):  # c_attn.weight/bias rows `sl`, or c_q's for a non-owner
         owner = f"transformer.h.{layer}.attn.c_attn.{kind}"
-        return state[owner][sl] if owner in state else state[f"transformer.h.{layer}.attn.c_q.{kind}"]
+        return before[owner][sl] if owner in before else before[f"transformer.h.{layer}.attn.c_q.{kind}"]
 
     kinds = ["weight"] + (["bias"] if new.bias else [])
     for first in range(0, new.n_layer, new.kv_share):
         group = range(first, min(first + new.kv_share, new.n_layer))
         old_owners = sorted({layer // old.kv_share * old.kv_share for layer in group})
         for kind in kinds:
-            kv = [state[f"transformer.h.{o}.attn.c_attn.{kind}"][C:] for o in old_owners]
+            kv = [before[f"transformer.h.{o}.attn.c_attn.{kind}"][C:] for o in old_owners]
             kv = torch.stack(kv).mean(dim=0) if pool == "mean" else kv[0]
             queries = {layer: part(layer, kind, slice(0, C)) for layer in group}
             for layer in group:

@@ -121,6 +121,20 @@ def test_kv_share_takes_the_groups_mean_or_first_projection(pool):
     assert converted.transformer.h[1].attn.owns_kv is False
 
 
+def test_kv_share_groups_that_dont_nest():
+    """kv_share 2 -> 3 on 4 layers: groups (0, 1, 2) and (3,); layer 3's K/V came from layer 2,
+    which now only projects queries: the new group's K/V is the old owner's, read before the
+    rewrite."""
+    shared = tiny_model(n_layer=4, kv_share=2)
+    converted, _ = convert_attention(shared, {"kv_share": 3}, "first")
+    old, new = shared.state_dict(), converted.state_dict()
+    torch.testing.assert_close(new["transformer.h.3.attn.c_attn.weight"],
+                               torch.cat([old["transformer.h.3.attn.c_q.weight"],
+                                          old["transformer.h.2.attn.c_attn.weight"][C:]]), rtol=0, atol=0)
+    torch.testing.assert_close(new["transformer.h.2.attn.c_q.weight"],
+                               old["transformer.h.2.attn.c_attn.weight"][:C], rtol=0, atol=0)
+
+
 def test_auto_pool_is_the_mean_for_heads_and_the_first_for_layers():
     model = tiny_model(pos_emb="rope")
     for changes, chosen in (({"n_kv_head": 2}, "mean"), ({"kv_share": 2}, "first")):
