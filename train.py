@@ -63,7 +63,8 @@ n_embd = 768
 dropout = 0.0  # 0 for pretraining, try 0.1+ for finetuning
 bias = False  # biases in Linear/LayerNorm layers
 # attention variants (docs/attention.md); each default is GPT-2's attention. A resumed
-# or GPT-2 model keeps its own: these only shape a model trained from scratch
+# or GPT-2 model keeps its own, except that n_kv_head (fewer), attn_window, window_pattern and
+# kv_share convert its weights (docs/tutorial_exercises.md)
 pos_emb = 'learned'  # 'learned' (position table), 'rope' (rotary on q and k) or 'none'
 rope_theta = 10000.0  # rotary base (pos_emb='rope' only)
 n_kv_head = 0  # key/value heads: 0 = n_head, 1 = multi-query; must divide n_head
@@ -71,6 +72,7 @@ attn_window = 0  # tokens a windowed layer sees (0 = full causal attention)
 window_pattern = ''  # per layer, repeated: S = windowed, L = full, e.g. 'SSSL' ('' = all S)
 kv_share = 1  # neighbouring layers that share one set of keys/values (1 = none)
 attention = 'softmax'  # 'softmax', or 'linear' (elu+1 kernel, a fixed-size state when generating)
+kv_pool = 'auto'  # converting K/V heads or kv_share: 'mean' or 'first'; 'auto' = mean for heads, first for layers
 # AdamW optimizer
 learning_rate = 6e-4  # peak learning rate
 max_iters = 600000  # total optimizer steps
@@ -104,6 +106,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from model import GPT, GPTConfig, VARIANT_KEYS, set_fast_cpu  # noqa: E402
 from smallgpt.checkpoint import (gather_run_state, load_checkpoint, resolve_name, restore_run, run_checkpoint, save_checkpoint)  # noqa: E402
+from smallgpt.convert_attention import convert_resumed_model  # noqa: E402
 from smallgpt.dataloader import Batches  # noqa: E402
 from smallgpt.device import autocast_context, cached_peak_flops, note, reuse_freed_memory  # noqa: E402
 from smallgpt.errors import UserError, fail  # noqa: E402
@@ -176,7 +179,12 @@ try:
         raise UserError(f"init_from={init_from!r}: use 'scratch', 'resume', gpt2/gpt2-medium/gpt2-large/"
                         f"gpt2-xl or the path of a local Hugging Face GPT-2 or Starcoder2 folder")
     if init_from != 'scratch':  # the architecture comes from the checkpoint or the weights
-        note_ignored_variants(model, {key: config[key] for key in VARIANT_KEYS if key in given}, init_from)
+        asked = {key: config[key] for key in VARIANT_KEYS if key in given}
+        # fewer K/V heads, a window or shared K/V: the weights converted (smallgpt/convert_attention.py)
+        model, reshaped = convert_resumed_model(model, asked, kv_pool)
+        if reshaped and checkpoint is not None:
+            checkpoint['optimizer'] = None  # Adam's moments fit the old weights: start fresh
+        note_ignored_variants(model, asked, init_from)
     check_model(model, vocab_size, xl_memory)
     block_size = fit_block_size(model, block_size, 'block_size' in given, seed)
     # TransformerXL: one memory per micro-batch of this rank (sequential rows: the same each step)

@@ -165,11 +165,13 @@ def restore_run(checkpoint, optimizer, scaler, streams, rank=0, world_size=1, se
     iter_num = checkpoint["iter_num"]
     best_val_loss = float(checkpoint["best_val_loss"])
     implementation = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
-    fit_optimizer_state(checkpoint["optimizer"], optimizer)  # wpe rows added or cropped since
-    if sharded_model is not None:  # the full state of any run, each rank keeping its shards
+    if checkpoint["optimizer"] is None:  # a model converted on resume: AdamW starts fresh
+        pass  # (smallgpt/convert_attention.py; train.py drops the state that fit the old weights)
+    elif sharded_model is not None:  # the full state of any run, each rank keeping its shards
         from smallgpt.distributed import load_optimizer_state
         load_optimizer_state(sharded_model, optimizer, checkpoint["optimizer"])
     else:
+        fit_optimizer_state(checkpoint["optimizer"], optimizer)  # wpe rows added or cropped since
         optimizer.load_state_dict(checkpoint["optimizer"])
     for group, chosen in zip(optimizer.param_groups, implementation):
         group.update(chosen)  # the saved groups carry the saving run's choice; keep this run's
