@@ -54,6 +54,7 @@ from smallgpt.errors import fail  # noqa: E402
 from smallgpt.tokenizer import Tokenizer  # noqa: E402
 from smallgpt.dataloader import count_tokens, load_meta  # noqa: E402
 from smallgpt.prepare import read_utf8  # noqa: E402
+from smallgpt.tutorial import prepare_text_folder  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -112,6 +113,7 @@ else:
         data_dir = dataset
     bin_path = os.path.join(data_dir, f'{split}.bin')
     try:
+        prepare_text_folder(data_dir)  # the transformer tutorial's train.txt / val.txt: once
         data_meta = load_meta(data_dir) if os.path.isdir(data_dir) else None
     except ValueError as e:
         fail(e)
