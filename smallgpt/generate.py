@@ -65,10 +65,11 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None,
 
 @torch.inference_mode()
 def teacher_forced(model, ids, context_window=None, window_chunk=1, kv_cache_dtype='auto',
-                   kv_budget=0, kv_sink=0):
+                   kv_budget=0, kv_sink=0, per_position=False):
     """Feed the rows of ids (B, L) one token at a time through a cache set up as for
     generate_stream, as if each had been sampled: returns the summed cross-entropy (nats) of
-    predicting ids[:, 1:] and the cache at the end (its nbytes() after L tokens)."""
+    predicting ids[:, 1:] (per_position: each one's, (B, L - 1)) and the cache at the end (its
+    nbytes() after L tokens)."""
     B, L = ids.shape
     context_window = whole_history(model, context_window, L)
     context_window, cache = _setup(model, B, True, context_window, window_chunk, kv_cache_dtype,
@@ -76,12 +77,13 @@ def teacher_forced(model, ids, context_window=None, window_chunk=1, kv_cache_dty
     targets, nll = ids[:, 1:].to(model.lm_head.weight.device), []
 
     def forced(logits):
-        nll.append(F.cross_entropy(logits.float(), targets[:, len(nll)], reduction='sum'))
+        nll.append(F.cross_entropy(logits.float(), targets[:, len(nll)], reduction='none'))
         return targets[:, len(nll) - 1]
 
     for _ in _decode(model, ids[:, :1].tolist(), L - 1, cache, context_window, window_chunk, forced):
         pass
-    return torch.stack(nll).sum().item(), cache
+    nll = torch.stack(nll, dim=1)  # (B, L - 1)
+    return (nll if per_position else nll.sum().item()), cache
 
 
 def whole_history(model, context_window, length):
