@@ -164,6 +164,9 @@ def loss_by_position(model, ids, length, n_sequences=16, batch_size=8, ctx=nullc
     runs the text in segments of block_size with a TransformerXL memory of that many tokens,
     as a model trained with it was trained."""
     starts = spread_starts(len(ids), length, n_sequences)
+    cfg = model.config
+    one_forward = (not kv_sink and not kv_budget and cfg.pos_emb != "learned"
+                   and cfg.attention == "softmax" and context_window >= -1)
     total, rows = np.zeros(length - 1), 0
     device = model.lm_head.weight.device
     batches = range(0, len(starts), batch_size)
@@ -173,12 +176,27 @@ def loss_by_position(model, ids, length, n_sequences=16, batch_size=8, ctx=nullc
         with ctx:
             if xl_memory:
                 nll = _xl_losses(model, seqs, xl_memory)
+            elif one_forward:  # the same numbers as the decode loop, in one pass (tests say so)
+                nll = _forward_losses(model, seqs, context_window)
             else:
                 nll, _ = teacher_forced(model, seqs, context_window or None, kv_budget=kv_budget,
                                         kv_sink=kv_sink, per_position=True)
         total += nll.double().sum(0).cpu().numpy()
         rows += seqs.size(0)
     return total / rows
+
+
+def _forward_losses(model, seqs, context_window):
+    """(B, L - 1) cross-entropies of a rope/none model over seqs in one forward: every layer
+    sees its last context_window tokens (a band), or all of them (-1), through a cache of that
+    many slots when it is longer than block_size (a forward alone stops at block_size)."""
+    B, L = seqs.shape
+    window = L if context_window == -1 else context_window or model.config.block_size
+    if window <= model.config.block_size:
+        logits, _ = model(seqs, all_logits=True, band=window if window < L else 0)
+    else:
+        logits, _ = model(seqs, all_logits=True, cache=KVCache.for_model(model.config, B, window))
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), seqs[:, 1:], reduction="none")
 
 
 def _xl_losses(model, seqs, xl_memory):
@@ -193,9 +211,10 @@ def _xl_losses(model, seqs, xl_memory):
     return torch.cat(losses, dim=1)
 
 
-def write_by_position(curves, block_size, path_prefix, title=""):
+def write_by_position(curves, block_size, path_prefix, title="", smooth=1):
     """curves {label: (L - 1,) losses}: PATH_PREFIX.csv (position, one column per label) and
-    PATH_PREFIX.png (loss against position, block_size marked); returns both paths."""
+    PATH_PREFIX.png (loss against position, block_size marked; with smooth > 1 each point the
+    mean of the `smooth` positions up to it, the CSV unsmoothed); returns both paths."""
     labels = list(curves)
     n = max(len(c) for c in curves.values())
     with open(path_prefix + ".csv", "w", encoding="utf-8") as f:
@@ -208,11 +227,15 @@ def write_by_position(curves, block_size, path_prefix, title=""):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label in labels:
-        ax.plot(np.arange(len(curves[label])), curves[label], label=label, linewidth=1.2)
+        y = np.asarray(curves[label])
+        if smooth > 1:  # a trailing mean: position i shows positions i - smooth + 1 .. i
+            y = np.convolve(y, np.ones(smooth) / smooth)[:len(y)]
+            y[:smooth - 1] = np.nan  # fewer than `smooth` positions there: left out
+        ax.plot(np.arange(len(y)), y, label=label, linewidth=1.2)
     ax.axvline(block_size, color="grey", linestyle="--", linewidth=1)
     ax.text(block_size, ax.get_ylim()[1], f" block_size={block_size}", va="top", color="grey")
     ax.set_xlabel("position in the sequence (tokens of context before the prediction)")
-    ax.set_ylabel("mean loss (nats per token)")
+    ax.set_ylabel("mean loss (nats per token)" + (f", mean of {smooth} positions" if smooth > 1 else ""))
     ax.set_title(title or "loss by position")
     ax.legend()
     fig.tight_layout()

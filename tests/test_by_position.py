@@ -111,3 +111,16 @@ def test_eval_by_position_writes_csv_and_png(char_dataset, vocab, tmp_path):
     refused = run_script("eval.py", f"--out_dir={tmp_path / 'learned'}", f"--block_size={2 * BLOCK}",
                          *common, cwd=tmp_path)
     assert refused.returncode != 0 and "positions" in refused.stderr
+
+
+def test_one_forward_equals_the_decode_loop():
+    """The one-pass path (rope/none, no sinks or budget) against generate.teacher_forced, the
+    decode loop fed the known tokens: a band longer than block_size, through a cache."""
+    from smallgpt.generate import teacher_forced
+    model, ids = tiny("rope"), ids_for()
+    for window in (2 * BLOCK, -1, 5):
+        got = loss_by_position(model, ids, LENGTH, n_sequences=2, context_window=window)
+        seqs = torch.stack([torch.as_tensor(ids[:LENGTH]),
+                            torch.as_tensor(ids[len(ids) - LENGTH - 1:len(ids) - 1])]).long()
+        nll, _ = teacher_forced(model, seqs, window, per_position=True)
+        np.testing.assert_allclose(got, nll.mean(0).numpy(), atol=1e-5, rtol=0)
