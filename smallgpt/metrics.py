@@ -233,11 +233,11 @@ def write_by_position(curves, block_size, path_prefix, title="", smooth=1):
             y[:smooth - 1] = np.nan  # fewer than `smooth` positions there: left out
         ax.plot(np.arange(len(y)), y, label=label, linewidth=1.2)
     ax.axvline(block_size, color="grey", linestyle="--", linewidth=1)
-    ax.text(block_size, ax.get_ylim()[1], f" block_size={block_size}", va="top", color="grey")
+    ax.text(block_size, ax.get_ylim()[0], f" block_size={block_size}", va="bottom", color="grey")
     ax.set_xlabel("position in the sequence (tokens of context before the prediction)")
     ax.set_ylabel("mean loss (nats per token)" + (f", mean of {smooth} positions" if smooth > 1 else ""))
     ax.set_title(title or "loss by position")
-    ax.legend()
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path_prefix + ".png", dpi=110)
     plt.close(fig)

@@ -233,3 +233,12 @@ def test_predict_matches_forward():
     assert model.predict(idx).shape == (3, 16, 50)
     torch.testing.assert_close(model.predict(idx), full)
     torch.testing.assert_close(model.predict(idx, targets=False), full[:, -1:])
+
+
+def test_export_takes_the_tutorials_checkpoint(tutorial_run, tmp_path):
+    """export.py writes a Starcoder2 folder (rotary, bytes tokenizer) whose logits it checks."""
+    pytest.importorskip("transformers")
+    _, out_dir, _ = tutorial_run
+    done = run_script("export.py", f"--out_dir={out_dir}", f"--hf_dir={tmp_path / 'hf'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "hf" / "model.safetensors").is_file() and "Starcoder2" in done.stdout
