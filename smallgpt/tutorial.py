@@ -12,7 +12,8 @@ Its model is ours with pos_emb='rope' and a byte vocabulary, in another layout:
 - `model_args` has no block_size (its model has no limit; its config's block_size is what it
   trained with, and becomes ours), no vocab_size (256 raw bytes);
 - a checkpoint has no iter_num, best_val_loss or meta: a resumed run counts from 0 and the
-  vocabulary is 'bytes' (smallgpt/tokenizer.py).
+  vocabulary is 'bytes' (smallgpt/tokenizer.py); its config's dataset names a folder of its own
+  repo (kept as tutorial_dataset), so eval.py and train.py take --dataset=FOLDER.
 Its data folders hold train.txt and val.txt, raw bytes next to its prepare.py; read_text_folder
 writes train.bin, val.bin and meta.json beside them once, and from then on they are a
 prepared dataset like any other (prepare_text_folder, called where train.py and eval.py open
@@ -94,6 +95,8 @@ def from_tutorial(ckpt, path="the checkpoint"):
             continue  # its angle tables (and caches): ours are computed from rope_theta
         converted[k] = v[rows] if k.endswith("attn.c_attn.weight") or k.endswith("attn.c_attn.bias") else v
     block_size = int(config.get("block_size") or TUTORIAL_BLOCK_SIZE)
+    if "dataset" in config:  # a folder of its repo, not data/NAME here (ours of that name is chars)
+        config["tutorial_dataset"] = config.pop("dataset")
     model_args = dict(n_layer=args["n_layer"], n_head=n_head, n_embd=n_embd, block_size=block_size,
                       bias=bool(args.get("bias", False)), vocab_size=256,
                       dropout=float(args.get("dropout", 0.0)), pos_emb="rope")

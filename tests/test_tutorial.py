@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from conftest import REPO, error_lines, run_script  # noqa: F401  (REPO puts the repo on sys.path)
+from conftest import error_lines, run_script  # conftest puts the repo on sys.path
 from model import GPT
 from smallgpt.checkpoint import load_checkpoint
 
@@ -183,6 +183,9 @@ def test_eval_reads_the_tutorials_data_folder(tutorial_run, tmp_path):
             nll += F.cross_entropy(ref(x[None])[0], y, reduction="sum").item()
             count += len(y)
     assert json.loads(done.stdout)["loss"] == pytest.approx(nll / count, abs=1e-5)
+    # its config's dataset is a folder of the tutorial's repo, never data/shakespeare_char here
+    unnamed = run_script("eval.py", f"--out_dir={out_dir}", "--device=cpu", cwd=tmp_path)
+    assert unnamed.returncode != 0 and "--dataset" in error_lines(unnamed.stderr)[-1]
 
 
 def test_train_resumes_the_tutorials_checkpoint(tutorial_run, tmp_path):
