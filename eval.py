@@ -6,6 +6,7 @@ byte, token count, and accuracy on line datasets.
     python eval.py --out_dir=out-don-small-char --split=val              # the dataset it trained on
     python eval.py --out_dir=out-don-small-char --text=prompt/don.txt --json=True
     python eval.py --init_from=gpt2 --dataset=shakespeare --stride=512 --batch_size=1
+    python eval.py --out_dir=out-don-small-char-rope --by_position=True --context_window=-1   # past block_size
 `python eval.py --help` lists every setting below.
 
 A plain dataset (or --text) is read in order, whole, in windows of block_size tokens that start
