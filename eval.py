@@ -6,6 +6,7 @@ byte, token count, and accuracy on line datasets.
     python eval.py --out_dir=out-don-small-char --split=val              # the dataset it trained on
     python eval.py --out_dir=out-don-small-char --text=prompt/don.txt --json=True
     python eval.py --init_from=gpt2 --dataset=shakespeare --stride=512 --batch_size=1
+    python eval.py --out_dir=out-don-small-char-rope --by_position=True --context_window=-1   # past block_size
 `python eval.py --help` lists every setting below.
 
 A plain dataset (or --text) is read in order, whole, in windows of block_size tokens that start
@@ -17,6 +18,7 @@ tokens, bytes, and accuracy for line datasets) and nothing else on stdout.
 
 import json as json_module  # `json` is a setting below
 import os
+import sys
 
 import numpy as np
 
@@ -39,6 +41,15 @@ json = False  # print one JSON object instead of the text report
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, mps
 dtype = 'auto'  # auto (CPU: float32; GPU: bf16/fp16), float32, bfloat16, float16
 weights_dtype = 'float32'  # float32, bfloat16 or int8: evaluate the weights sample.py would decode with
+# loss by position: how the model reads long sequences, past block_size (docs/evaluation.md)
+by_position = False  # write the mean loss at each position of long sequences, as CSV and PNG
+by_position_length = 0  # tokens per sequence (0 = 4 x block_size)
+by_position_sequences = 16  # sequences, evenly spread over the text
+by_position_out = ''  # path prefix of the .csv and .png ('' = out_dir/loss_by_position)
+context_window = 0  # by_position: context each prediction sees, as sample.py (0 = block_size; -1 = all, rope/none)
+kv_sink = 0  # by_position: the first N tokens stay in the cache past the context (rope/none)
+kv_budget = 0  # by_position: tokens each layer's cache keeps, the most attended plus a recent window (0 = all)
+xl_memory = 0  # by_position: run segments of block_size with a TransformerXL memory of N tokens instead
 # -----------------------------------------------------------------------------
 from configurator import configure  # noqa: E402
 
@@ -47,13 +58,15 @@ configure(globals(), echo=False)  # stdout is the result (one JSON object with -
 from model import GPT  # noqa: E402
 from smallgpt.checkpoint import load_model  # noqa: E402
 from smallgpt.quantize import quantize_weights  # noqa: E402
-from smallgpt.metrics import evaluate_lines, evaluate_tokens, line_accuracy, token_byte_lengths  # noqa: E402
+from smallgpt.metrics import (evaluate_lines, evaluate_tokens, line_accuracy, loss_by_position,  # noqa: E402
+                              token_byte_lengths, write_by_position)
 from smallgpt.lines import LineDataset, is_line_dataset  # noqa: E402
 from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype  # noqa: E402
 from smallgpt.errors import fail  # noqa: E402
 from smallgpt.tokenizer import Tokenizer  # noqa: E402
 from smallgpt.dataloader import count_tokens, load_meta  # noqa: E402
 from smallgpt.prepare import read_utf8  # noqa: E402
+from smallgpt.tutorial import prepare_text_folder  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -63,7 +76,8 @@ if split not in ('train', 'val', 'test'):
     fail(f"split={split!r}: use 'train', 'val' or 'test'")
 if text and dataset:
     fail("give --text=FILE or --dataset=NAME, not both")
-for name in ('block_size', 'stride', 'max_windows'):
+for name in ('block_size', 'stride', 'max_windows', 'by_position_length', 'kv_sink', 'kv_budget',
+             'xl_memory'):
     if globals()[name] < 0:
         fail(f"{name}={globals()[name]} can't be negative (0 = the default)")
 if batch_size < 1:
@@ -87,7 +101,12 @@ trained = trained or {}
 ctx = autocast_context(device_type, dtype)
 block_size = block_size or model.config.block_size
 if block_size > model.config.block_size:
-    fail(f"block_size={block_size} is more than the model's {model.config.block_size} positions")
+    if model.config.pos_emb == 'learned':
+        fail(f"block_size={block_size} is more than the model's {model.config.block_size} positions")
+    print(f"note: windows of {block_size} tokens, longer than the {model.config.block_size} the "
+          f"model trained on: it reads distances it never saw", file=sys.stderr)
+if by_position_sequences < 1:
+    fail(f"by_position_sequences={by_position_sequences} must be at least 1")
 byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size)
 source = os.path.join(out_dir, checkpoint_name) if init_from == 'resume' else init_from
 
@@ -112,6 +131,7 @@ else:
         data_dir = dataset
     bin_path = os.path.join(data_dir, f'{split}.bin')
     try:
+        prepare_text_folder(data_dir)  # the transformer tutorial's train.txt / val.txt: once
         data_meta = load_meta(data_dir) if os.path.isdir(data_dir) else None
     except ValueError as e:
         fail(e)
@@ -130,6 +150,8 @@ else:
         fail(f"dataset {dataset!r} is tokenised differently ({data_tokenizer.name}, "
              f"{data_tokenizer.vocab_size} tokens) from the model ({tokenizer.name}, "
              f"{tokenizer.vocab_size}); evaluate a text file with --text=FILE instead")
+    if is_line_dataset(data_meta) and by_position:
+        fail(f"by_position reads running text, and {dataset!r} is a line dataset; pass --text=FILE")
     if is_line_dataset(data_meta):
         try:
             line_data = LineDataset(data_dir, data_meta, splits=(split,))
@@ -158,6 +180,34 @@ else:
         ids = np.memmap(bin_path, dtype=np.dtype(data_meta['dtype'] if data_meta else 'uint16'),
                         mode='r')
         what = f"{dataset} {split} split"
+
+if by_position:
+    length = by_position_length or 4 * model.config.block_size
+    try:
+        losses = loss_by_position(model, ids, length, by_position_sequences, batch_size, ctx,
+                                  context_window, kv_sink, kv_budget, xl_memory, progress=True)
+    except ValueError as e:  # a text too short, a setting the model can't take
+        fail(e)
+    prefix = by_position_out or os.path.join(out_dir, 'loss_by_position')
+    os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
+    policy = (f"xl_memory={xl_memory}" if xl_memory else
+              "all history" if context_window == -1 else
+              f"context_window={context_window or model.config.block_size}") + \
+        (f", kv_sink={kv_sink}" if kv_sink else "") + (f", kv_budget={kv_budget}" if kv_budget else "")
+    files = write_by_position({policy: losses}, model.config.block_size, prefix,
+                              title=f"{source} on {what}")
+    inside, past = losses[:model.config.block_size], losses[model.config.block_size:]
+    result = {'loss_inside_block': float(inside.mean()),
+              'loss_past_block': float(past.mean()) if len(past) else float('nan'),
+              'sequences': by_position_sequences, 'length': length, 'policy': policy,
+              'csv': files[0], 'png': files[1]}
+    if json:
+        print(json_module.dumps(result))
+    else:
+        print(f"{source} on {what}, {policy}: loss {result['loss_inside_block']:.4f} at positions "
+              f"< {model.config.block_size}, {result['loss_past_block']:.4f} past them "
+              f"(sequences of {length} tokens); wrote {files[0]} and {files[1]}")
+    sys.exit(0)
 
 if result is None:
     try:

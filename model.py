@@ -462,6 +462,13 @@ class GPT(nn.Module):
         logits = self.lm_head(x if all_logits else x[:, [-1], :])  # (B, 1 or T, V)
         return logits, None
 
+    @torch.no_grad()
+    def predict(self, idx, targets=True):
+        """Logits without a loss, as the GPT-2 re-implementation with Hydra configs names it:
+        targets=True (its default) a prediction for every input position, (B, T, V);
+        targets=False only for the last one, (B, 1, V)."""
+        return self(idx, all_logits=bool(targets))[0]
+
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. load GPT-2's 1024 but train at 256): keep the first positions."""
         assert block_size <= self.config.block_size, \

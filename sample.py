@@ -40,7 +40,7 @@ dtype = 'auto'  # auto (CPU: float32, fastest for decoding; GPU: bf16/fp16), flo
 compile = False  # torch.compile the model (pays off only for long generations)
 weights_dtype = 'float32'  # weights for decoding: float32, bfloat16 or int8 (per-row scales): fewer bytes per token, faster on a CPU (docs/performance.md)
 use_cache = True  # KV cache; False recomputes the whole context per token (nanoGPT's way)
-context_window = 0  # tokens of context each prediction sees (0 = block_size, + xl_memory if trained with it)
+context_window = 0  # tokens of context each prediction sees (0 = block_size, + xl_memory if trained with it; -1 = all, rope/none: past block_size)
 window_chunk = 1  # past the window: 1 = exact nanoGPT cropping, more = faster (docs/sampling.md)
 kv_cache_dtype = 'auto'  # KV cache storage: auto (as computed), int8, fp8 or int4 (docs/kv-compression.md)
 kv_budget = 0  # tokens each layer's cache keeps: the most attended plus a recent window (0 = all)

@@ -129,6 +129,8 @@ def _dry_run_setting(args, cwd, key):
 
 def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5, **overrides):
     """Run train.py [config_file] --key=value ... and return its log.csv rows as a Run.
+    config_file: one file, or a list of them applied in order (the CPU preset:
+    ['config/train_don_char.py', 'config/cpu_small.py']).
 
     on_row(row) is called for each new row of log.csv while the run goes; echo=True prints
     train.py's output as it comes. A failed run raises RuntimeError with train.py's last error
@@ -136,14 +138,14 @@ def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5,
     cwd = os.path.abspath(cwd or os.getcwd())
     args = [sys.executable, _script('train.py')]
     out_dir = overrides.get('out_dir')
-    if config_file:
-        found = [p for p in (os.path.join(cwd, config_file), os.path.join(REPO, config_file))
-                 if os.path.isfile(p)]
+    config_files = [config_file] if isinstance(config_file, str) else list(config_file or [])
+    for name in config_files:  # several: in order, as on train.py's command line
+        found = [p for p in (os.path.join(cwd, name), os.path.join(REPO, name)) if os.path.isfile(p)]
         if not found:
-            raise FileNotFoundError(f"config file {config_file!r} not found in {cwd} or {REPO}")
+            raise FileNotFoundError(f"config file {name!r} not found in {cwd} or {REPO}")
         args.append(found[0])
     args += _arguments(overrides, flags=False)
-    if config_file and not out_dir:
+    if config_files and not out_dir:
         out_dir = _dry_run_setting(args, cwd, 'out_dir')
     out_dir = os.path.join(cwd, out_dir or 'out')  # train.py's default out_dir is 'out'
     csv_path = os.path.join(out_dir, 'log.csv')

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from smallgpt.dataloader import load_meta
 from smallgpt.errors import UserError
+from smallgpt.tutorial import from_tutorial, is_tutorial_checkpoint
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, above smallgpt/
@@ -95,6 +96,11 @@ def load_checkpoint(path, device="cpu"):
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is not a train.py/nanoGPT checkpoint "
                               f"(it needs 'model' and 'model_args' entries)")
+    if is_tutorial_checkpoint(ckpt):  # the transformer tutorial's: converted here, once per load
+        try:
+            ckpt = from_tutorial(ckpt, path)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     return ckpt
 
 

@@ -33,7 +33,8 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None,
     call, before a caller has printed anything.
 
     prompts: a (B, T) tensor or a list of B token lists (lengths may differ: left-padded).
-    Each token is predicted from at most `context_window` (default block_size) tokens back:
+    Each token is predicted from at most `context_window` (default block_size) tokens back
+    (-1: all of them, rope/none only, see whole_history):
     - learned positions crop the context exactly as nanoGPT does. With the cache, once the
       window is full the last `context_window - window_chunk + 1` tokens are prefilled
       again and `window_chunk - 1` cached steps follow. window_chunk=1 (default) is exact
@@ -54,6 +55,7 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None,
                                             else prompts)]
     if any(len(s) == 0 for s in seqs):
         raise ValueError("every prompt needs at least one token")
+    context_window = whole_history(model, context_window, max(map(len, seqs)) + max_new_tokens)
     context_window, cache = _setup(model, len(seqs), use_cache, context_window, window_chunk,
                                    kv_cache_dtype, kv_budget, kv_sink)
     return _decode(model, seqs, max_new_tokens, cache, context_window, window_chunk,
@@ -63,22 +65,37 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None,
 
 @torch.inference_mode()
 def teacher_forced(model, ids, context_window=None, window_chunk=1, kv_cache_dtype='auto',
-                   kv_budget=0, kv_sink=0):
+                   kv_budget=0, kv_sink=0, per_position=False):
     """Feed the rows of ids (B, L) one token at a time through a cache set up as for
     generate_stream, as if each had been sampled: returns the summed cross-entropy (nats) of
-    predicting ids[:, 1:] and the cache at the end (its nbytes() after L tokens)."""
+    predicting ids[:, 1:] (per_position: each one's, (B, L - 1)) and the cache at the end (its
+    nbytes() after L tokens)."""
     B, L = ids.shape
+    context_window = whole_history(model, context_window, L)
     context_window, cache = _setup(model, B, True, context_window, window_chunk, kv_cache_dtype,
                                    kv_budget, kv_sink)
     targets, nll = ids[:, 1:].to(model.lm_head.weight.device), []
 
     def forced(logits):
-        nll.append(F.cross_entropy(logits.float(), targets[:, len(nll)], reduction='sum'))
+        nll.append(F.cross_entropy(logits.float(), targets[:, len(nll)], reduction='none'))
         return targets[:, len(nll) - 1]
 
     for _ in _decode(model, ids[:, :1].tolist(), L - 1, cache, context_window, window_chunk, forced):
         pass
-    return torch.stack(nll).sum().item(), cache
+    nll = torch.stack(nll, dim=1)  # (B, L - 1)
+    return (nll if per_position else nll.sum().item()), cache
+
+
+def whole_history(model, context_window, length):
+    """context_window=-1 means every earlier token, however far back: for a rope/none model a
+    window as long as the whole sequence (`length`), past block_size too, where it reads
+    distances it never trained on (how the transformer tutorial samples)."""
+    if context_window != -1:
+        return context_window
+    if model.config.pos_emb == 'learned':
+        raise ValueError("context_window=-1 (the whole history) needs pos_emb 'rope' or 'none': a "
+                         "learned-position model has only block_size positions")
+    return length
 
 
 def _setup(model, batch_size, use_cache, context_window, window_chunk, kv_cache_dtype,

@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from smallgpt.generate import teacher_forced
+from smallgpt.kvcache import KVCache, XLMemory
+
 
 def _bar(iterable, progress, desc, total=None):
     """A tqdm bar on stderr when progress is on (stdout stays for results, e.g. eval.py --json)."""
@@ -81,8 +84,11 @@ def _score(model, x, y, byte_lengths, ctx):
     not scored."""
     device = model.lm_head.weight.device
     x, y = torch.as_tensor(x).to(device), torch.as_tensor(y).to(device)
+    cfg, cache = model.config, None
+    if x.size(1) > cfg.block_size and cfg.pos_emb != "learned" and cfg.attention != "linear":
+        cache = KVCache.for_model(cfg, x.size(0), x.size(1))  # rope/none past block_size: all of it
     with ctx:
-        logits, _ = model(x, all_logits=True)  # (B, T, V)
+        logits, _ = model(x, all_logits=True, cache=cache)  # (B, T, V)
     nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
                           ignore_index=-1, reduction="sum")
     scored = y[y >= 0].cpu().numpy()
@@ -130,6 +136,112 @@ def evaluate_lines(model, line_data, split, batch_size=64, byte_lengths=None, ct
         batch_nll, batch_tokens, batch_bytes = _score(model, x, y, byte_lengths, ctx)
         nll, tokens, n_bytes = nll + batch_nll, tokens + batch_tokens, n_bytes + batch_bytes
     return summarize(nll, tokens, n_bytes)
+
+
+# ----------------------------------------------------------------------------------------------
+# loss by position: what a model makes of tokens further back than it trained on
+
+
+def spread_starts(n_tokens, length, n_sequences):
+    """Starts of up to n_sequences windows of `length` + 1 tokens, evenly spread over the text."""
+    if n_tokens < length + 1:
+        raise ValueError(f"the text has {n_tokens:,} tokens, fewer than the {length + 1:,} one "
+                         f"sequence of by_position_length={length} needs; use a shorter one")
+    last = n_tokens - length - 1
+    return sorted(set(np.linspace(0, last, n_sequences).round().astype(int).tolist()))
+
+
+@torch.no_grad()
+def loss_by_position(model, ids, length, n_sequences=16, batch_size=8, ctx=nullcontext(),
+                     context_window=0, kv_sink=0, kv_budget=0, xl_memory=0, progress=False):
+    """Mean cross-entropy (nats) at each position of n_sequences windows of `length` tokens
+    evenly spread over ids: (length - 1,) numpy, entry i the loss of predicting token i + 1
+    from tokens 0..i, which may run far past block_size. Tokens go in as the sampler feeds them
+    (generate.teacher_forced), so each policy is what sample.py would do with it:
+    context_window 0 = block_size (rope/none: a band of that many tokens at every layer;
+    learned: nanoGPT's crop), -1 = every earlier token (rope/none), N = a band of N; kv_sink
+    keeps the first tokens in the cache, kv_budget the most attended. xl_memory > 0 instead
+    runs the text in segments of block_size with a TransformerXL memory of that many tokens,
+    as a model trained with it was trained."""
+    starts = spread_starts(len(ids), length, n_sequences)
+    cfg = model.config
+    one_forward = (not kv_sink and not kv_budget and cfg.pos_emb != "learned"
+                   and cfg.attention == "softmax" and context_window >= -1)
+    total, rows = np.zeros(length - 1), 0
+    device = model.lm_head.weight.device
+    batches = range(0, len(starts), batch_size)
+    for b in _bar(batches, progress, "by position", total=len(batches)):
+        seqs = torch.tensor(np.stack([np.asarray(ids[s:s + length], dtype=np.int64)
+                                      for s in starts[b:b + batch_size]]), device=device)  # (B, L)
+        with ctx:
+            if xl_memory:
+                nll = _xl_losses(model, seqs, xl_memory)
+            elif one_forward:  # the same numbers as the decode loop, in one pass (tests say so)
+                nll = _forward_losses(model, seqs, context_window)
+            else:
+                nll, _ = teacher_forced(model, seqs, context_window or None, kv_budget=kv_budget,
+                                        kv_sink=kv_sink, per_position=True)
+        total += nll.double().sum(0).cpu().numpy()
+        rows += seqs.size(0)
+    return total / rows
+
+
+def _forward_losses(model, seqs, context_window):
+    """(B, L - 1) cross-entropies of a rope/none model over seqs in one forward: every layer
+    sees its last context_window tokens (a band), or all of them (-1), through a cache of that
+    many slots when it is longer than block_size (a forward alone stops at block_size)."""
+    B, L = seqs.shape
+    window = L if context_window == -1 else context_window or model.config.block_size
+    if window <= model.config.block_size:
+        logits, _ = model(seqs, all_logits=True, band=window if window < L else 0)
+    else:
+        logits, _ = model(seqs, all_logits=True, cache=KVCache.for_model(model.config, B, window))
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), seqs[:, 1:], reduction="none")
+
+
+def _xl_losses(model, seqs, xl_memory):
+    """(B, L - 1) cross-entropies of seqs run in segments of block_size with an XLMemory."""
+    memory, T, losses = XLMemory(xl_memory), model.config.block_size, []
+    for start in range(0, seqs.size(1) - 1, T):
+        x = seqs[:, start:start + T]
+        y = seqs[:, start + 1:start + T + 1]
+        logits, _ = model(x, all_logits=True, memory=memory)
+        x_scored = logits[:, :y.size(1)]  # the last segment's final token has no target
+        losses.append(F.cross_entropy(x_scored.float().transpose(1, 2), y, reduction="none"))
+    return torch.cat(losses, dim=1)
+
+
+def write_by_position(curves, block_size, path_prefix, title="", smooth=1):
+    """curves {label: (L - 1,) losses}: PATH_PREFIX.csv (position, one column per label) and
+    PATH_PREFIX.png (loss against position, block_size marked; with smooth > 1 each point the
+    mean of the `smooth` positions up to it, the CSV unsmoothed); returns both paths."""
+    labels = list(curves)
+    n = max(len(c) for c in curves.values())
+    with open(path_prefix + ".csv", "w", encoding="utf-8") as f:
+        f.write(",".join(["position"] + [label.replace(",", ";") for label in labels]) + "\n")
+        for i in range(n):
+            f.write(",".join([str(i)] + [f"{curves[k][i]:.6f}" if i < len(curves[k]) else ""
+                                         for k in labels]) + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label in labels:
+        y = np.asarray(curves[label])
+        if smooth > 1:  # a trailing mean: position i shows positions i - smooth + 1 .. i
+            y = np.convolve(y, np.ones(smooth) / smooth)[:len(y)]
+            y[:smooth - 1] = np.nan  # fewer than `smooth` positions there: left out
+        ax.plot(np.arange(len(y)), y, label=label, linewidth=1.2)
+    ax.axvline(block_size, color="grey", linestyle="--", linewidth=1)
+    ax.text(block_size, ax.get_ylim()[0], f" block_size={block_size}", va="bottom", color="grey")
+    ax.set_xlabel("position in the sequence (tokens of context before the prediction)")
+    ax.set_ylabel("mean loss (nats per token)" + (f", mean of {smooth} positions" if smooth > 1 else ""))
+    ax.set_title(title or "loss by position")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path_prefix + ".png", dpi=110)
+    plt.close(fig)
+    return path_prefix + ".csv", path_prefix + ".png"
 
 
 # ----------------------------------------------------------------------------------------------

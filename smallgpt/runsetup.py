@@ -17,6 +17,7 @@ import torch
 
 from smallgpt.checkpoint import peek_checkpoint
 from smallgpt.dataloader import PreparedDataset, count_tokens, load_meta
+from smallgpt.tutorial import prepare_text_folder
 from smallgpt.device import device_type_of, note, pick_device, pick_dtype
 from smallgpt.errors import UserError, is_main_process
 from smallgpt.lines import LineDataset, is_line_dataset
@@ -60,6 +61,10 @@ def open_dataset(dataset, repo, loss_on='all', answer_separator='', eval_accurac
         raise UserError(f"--dataset={dataset} is a file; --dataset takes a prepared folder (train.bin, "
                         f"val.bin) or a name under data/. For a text file: python "
                         f"data/don_char/prepare.py --input={dataset}, then --dataset=don_char")
+    try:
+        prepare_text_folder(data_dir)  # the transformer tutorial's train.txt / val.txt: once
+    except ValueError as e:
+        raise UserError(str(e)) from None
     for split in ('train', 'val'):
         if not os.path.isfile(os.path.join(data_dir, f'{split}.bin')):
             raise UserError(f"dataset {dataset!r} has no {split}.bin in {data_dir}; " +
