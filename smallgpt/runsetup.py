@@ -8,6 +8,7 @@ stops before any work with `error: ...` (smallgpt/errors.py).
 The model is handed in (model.py's GPT): this package never imports model.py.
 """
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -22,12 +23,35 @@ from smallgpt.errors import UserError, is_main_process
 from smallgpt.lines import LineDataset, is_line_dataset
 
 
+# the range of each number train.py takes: (lowest, highest, whether the ends are allowed).
+# A value outside can only be a mistake (grad_clip=-1 trains uphill, beta2=1.5 grows the steps)
+RANGES = {
+    'learning_rate': (0.0, math.inf, '(0, inf)'), 'min_lr': (0.0, math.inf, '[0, inf)'),
+    'weight_decay': (0.0, math.inf, '[0, inf)'), 'grad_clip': (0.0, math.inf, '[0, inf), 0 = off'),
+    'beta1': (0.0, 1.0, '[0, 1)'), 'beta2': (0.0, 1.0, '[0, 1)'), 'dropout': (0.0, 1.0, '[0, 1)'),
+    'warmup_iters': (0, math.inf, '[0, inf)'), 'lr_decay_iters': (0, math.inf, '[0, inf)'),
+    'peak_flops': (0.0, math.inf, '[0, inf), 0 = measure'),
+}
+
+
+def in_range(value, low, high, ends):
+    """Whether `value` lies in the interval `ends` writes out: '[' or '(' then ')'."""
+    return math.isfinite(value) and (value >= low if ends.startswith('[') else value > low) and \
+        value < high
+
+
 def check_settings(config):
     """The settings train.py can check on their own, before reading anything."""
     for name in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps',
-                 'batch_size', 'block_size'):
+                 'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd'):
         if config[name] < 1:
             raise UserError(f"{name}={config[name]} must be at least 1")
+    for name, (low, high, ends) in RANGES.items():
+        if not in_range(config[name], low, high, ends):
+            raise UserError(f"{name}={config[name]} is out of range: it must be in {ends}")
+    if config['n_embd'] % config['n_head']:
+        raise UserError(f"n_embd={config['n_embd']} must be divisible by n_head={config['n_head']} "
+                        f"(each head gets n_embd/n_head dimensions)")
     if config['eval_accuracy'] < 0:
         raise UserError(f"eval_accuracy={config['eval_accuracy']} can't be negative (0 = off)")
     if config['data_order'] not in ('random', 'sequential'):

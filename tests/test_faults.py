@@ -15,6 +15,7 @@ smallgpt.lock, so they take a fraction of a second each.
 """
 
 import ast
+import math
 import os
 import shutil
 import signal
@@ -536,3 +537,104 @@ def test_gpt2_weights_on_a_character_dataset_is_one_line(char_dataset, tmp_path)
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert "tokenized with 'char'" in lines[0] and "data/don" in lines[0], lines[0]
     assert not (tmp_path / "out" / "ckpt.pt").exists()
+
+
+# ============================================================================ 5. every setting has a range
+
+def nanogpt_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
+    """nanoGPT's schedule, written out here as the reference for the settings it handles
+    (warmup_iters < lr_decay_iters): linear warmup, cosine to min_lr, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+@pytest.mark.parametrize("warmup_iters", [0, 1, 3, 10, 2000])
+@pytest.mark.parametrize("lr_decay_iters", [0, 1, 3, 10, 2000])
+def test_every_schedule_gives_a_finite_learning_rate(warmup_iters, lr_decay_iters):
+    from smallgpt.runstate import get_lr
+    learning_rate, min_lr = 6e-4, 6e-5
+    end = max(warmup_iters, lr_decay_iters)
+    iters = sorted({0, 1, 2, warmup_iters - 1, warmup_iters, warmup_iters + 1, lr_decay_iters - 1,
+                    lr_decay_iters, lr_decay_iters + 1, end, end + 1, 5000} - {-1})
+    rates = [get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr) for it in iters]
+    assert all(math.isfinite(r) and 0 < r <= learning_rate for r in rates), list(zip(iters, rates))
+    for it, rate in zip(iters, rates):
+        if warmup_iters < lr_decay_iters or it < warmup_iters:  # where nanoGPT's is defined
+            assert rate == pytest.approx(nanogpt_lr(it, learning_rate, warmup_iters,
+                                                    lr_decay_iters, min_lr), rel=1e-12)
+        else:  # warmup reaches lr_decay_iters: no cosine part, min_lr once warmup is over
+            assert rate == min_lr, (it, rate)
+
+
+def test_warmup_as_long_as_the_decay_trains_and_saves(char_dataset, tmp_path):
+    """The issue's command, small: max_iters = lr_decay_iters = warmup_iters. It used to divide
+    by zero at the last iteration, before its only eval and save."""
+    out_dir = tmp_path / "out"
+    result = run_train(char_dataset, out_dir, "--max_iters=3", "--warmup_iters=3",
+                       "--lr_decay_iters=3", "--eval_interval=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out_dir / "ckpt.pt").exists() and (out_dir / "last.pt").exists()
+    assert "step 3: train loss" in result.stdout
+
+
+BAD_SETTINGS = [  # (the setting, words the one line must hold)
+    ("--grad_clip=-1", "grad_clip"), ("--grad_clip=1e999", "grad_clip"),
+    ("--weight_decay=-0.5", "weight_decay"), ("--learning_rate=0", "learning_rate"),
+    ("--learning_rate=-3e-4", "learning_rate"), ("--learning_rate=1e999", "learning_rate"),
+    ("--min_lr=-1e-5", "min_lr"), ("--beta1=1.0", "beta1"), ("--beta2=1.5", "beta2"),
+    ("--beta2=-0.1", "beta2"), ("--n_layer=0", "n_layer"), ("--n_head=0", "n_head"),
+    ("--n_embd=0", "n_embd"), ("--n_embd=30", "n_head"), ("--dropout=1.0", "dropout"),
+    ("--dropout=-0.2", "dropout"), ("--batch_size=0", "batch_size"), ("--block_size=-4", "block_size"),
+    ("--gradient_accumulation_steps=0", "gradient_accumulation_steps"),
+    ("--eval_iters=0", "eval_iters"), ("--eval_interval=0", "eval_interval"),
+    ("--warmup_iters=-5", "warmup_iters"), ("--lr_decay_iters=-1", "lr_decay_iters"),
+    ("--peak_flops=-1.0", "peak_flops"), ("--device=gpu", "cuda"), ("--device=cpu0", "cpu"),
+]
+
+
+def settings_error(setting):
+    """The one line train.py's start-up checks give for `setting` (--key=value), read the way
+    train.py reads it (configurator, then check_settings and the device choice), or None."""
+    import configurator
+    from smallgpt.device import pick_device
+    from smallgpt.errors import UserError
+    from smallgpt.runsetup import check_settings
+    from test_configurator import TRAIN, train_defaults
+    config = configurator.configure(train_defaults(), [setting], script=str(TRAIN), echo=False)
+    try:
+        check_settings(config)
+        pick_device(config['device'])
+    except UserError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("setting, words", BAD_SETTINGS, ids=[s for s, _ in BAD_SETTINGS])
+def test_a_setting_out_of_range_is_one_line(setting, words):
+    message = settings_error(setting)
+    assert message is not None, f"{setting} was accepted"
+    assert "\n" not in message and words in message, message
+    assert setting[2:].split("=")[0] in message or "device" in setting, message
+
+
+def test_the_ranges_keep_the_defaults_and_their_edges():
+    for setting in ("--max_iters=5", "--grad_clip=0", "--weight_decay=0", "--min_lr=0", "--beta1=0",
+                    "--dropout=0.5", "--warmup_iters=0", "--lr_decay_iters=0", "--peak_flops=0",
+                    "--device=cuda:1", "--device=mps", "--device=auto", "--n_embd=24", "--n_head=6"):
+        message = settings_error(setting)  # a device this machine lacks: the next check's line
+        assert message is None or "--device=cpu" in message, (setting, message)
+
+
+@pytest.mark.parametrize("setting", ["--grad_clip=-1", "--n_head=0", "--device=gpu"])
+def test_train_py_stops_on_a_setting_out_of_range_before_writing(char_dataset, tmp_path, setting):
+    out_dir = tmp_path / "out"
+    result = run_train(char_dataset, out_dir, "--max_iters=2", setting, cwd=tmp_path)
+    lines = error_lines(result.stderr)
+    assert result.returncode != 0, result.stdout[-1000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert setting[2:].split("=")[0] in lines[0], lines[0]
+    assert not out_dir.exists()
