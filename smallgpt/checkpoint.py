@@ -13,6 +13,7 @@ import os
 import pickle
 import time
 import warnings
+import zipfile
 
 import torch
 import torch.distributed as dist
@@ -68,9 +69,37 @@ def missing_checkpoint_message(path):
     return f"no checkpoint at {path}; {hint}"
 
 
+def other_checkpoint_hint(path):
+    """What to use instead of a damaged `path`: the run's other checkpoint (ckpt.pt <-> last.pt)
+    when its folder has one, else retraining."""
+    folder, name = os.path.split(path)
+    other = {"ckpt.pt": "last.pt", "last.pt": "ckpt.pt"}.get(name)
+    if other and os.path.isfile(os.path.join(folder, other)):
+        return (f"use the run's other checkpoint, {other} (train.py --resume_checkpoint_name="
+                f"{other}; sample.py, eval.py --checkpoint_name={other}), or retrain")
+    return "use another checkpoint or retrain"
+
+
+def verify_zip(path):
+    """Check every CRC-32 of a checkpoint (torch.save writes a zip with one per tensor) before
+    torch.load reads it: flipped bytes inside the weights otherwise load as numbers, and a
+    resumed run saves them again. Reading the file once costs ~0.1 s per 100 MB (checkpoints.md)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # the first member whose CRC doesn't match, or None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or cut short (its zip structure is damaged: "
+                              f"{str(e)[:100]}); {other_checkpoint_hint(path)}") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path} is corrupt (the CRC of {damaged!r} doesn't match: the "
+                              f"file changed after it was saved); {other_checkpoint_hint(path)}")
+
+
 def load_checkpoint(path, device="cpu"):
     if not os.path.isfile(path):
         raise CheckpointError(missing_checkpoint_message(path))
+    if zipfile.is_zipfile(path):  # torch.save's format since 1.6; the legacy one has no CRCs
+        verify_zip(path)
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
@@ -85,13 +114,12 @@ def load_checkpoint(path, device="cpu"):
                                   f"sources you trust, saved by train.py") from None
         detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
         raise CheckpointError(f"{path} is not a checkpoint torch.load can read safely, or is corrupt "
-                              f"({detail[:120]}); use another checkpoint (ckpt.pt or last.pt) or "
-                              f"retrain") from None
+                              f"({detail[:120]}); {other_checkpoint_hint(path)}") from None
     except Exception as e:  # RuntimeError, EOFError, IndexError...: whatever a damaged file raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         reason = first.split(". ")[0][:160]  # torch appends advice that doesn't apply here
-        raise CheckpointError(f"{path} is truncated or corrupt ({reason}); use another "
-                              f"checkpoint (ckpt.pt or last.pt) or retrain") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({reason}); "
+                              f"{other_checkpoint_hint(path)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is not a train.py/nanoGPT checkpoint "
                               f"(it needs 'model' and 'model_args' entries)")

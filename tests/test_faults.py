@@ -638,3 +638,51 @@ def test_train_py_stops_on_a_setting_out_of_range_before_writing(char_dataset, t
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
     assert setting[2:].split("=")[0] in lines[0], lines[0]
     assert not out_dir.exists()
+
+
+# ============================================================================ 6. checkpoints are verified
+
+def flip_bytes_in_the_middle(path, count=16):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + count] = bytes(b ^ 0x5A for b in data[middle:middle + count])
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_checkpoint_is_one_line_in_every_script(small_run, char_dataset, tmp_path):
+    """A few flipped bytes inside the weights: torch.load alone reads them as numbers (the run
+    resumed with exit 0 and re-saved both files from them). The zip's CRCs catch it."""
+    out_dir = copy_of(small_run, tmp_path)
+    flip_bytes_in_the_middle(out_dir / "ckpt.pt")
+    before = snapshot(out_dir)
+    runs = {
+        "train.py": run_train(char_dataset, out_dir, "--init_from=resume", "--max_iters=6",
+                              "--eval_interval=2", cwd=tmp_path),
+        "sample.py": run_script("sample.py", f"--out_dir={out_dir}", "--device=cpu",
+                                "--num_samples=1", "--max_new_tokens=5", "--start=A", cwd=tmp_path),
+        "eval.py": run_script("eval.py", f"--out_dir={out_dir}", "--device=cpu",
+                              f"--dataset={char_dataset}", cwd=tmp_path),
+    }
+    for script, result in runs.items():
+        lines = error_lines(result.stderr)
+        assert result.returncode != 0, f"{script} used a corrupt checkpoint"
+        assert len(lines) == 1, (script, result.stderr[-2000:])
+        assert f"{out_dir / 'ckpt.pt'} is corrupt" in lines[0], (script, lines[0])
+        assert "last.pt" in lines[0], (script, lines[0])  # the other checkpoint, named
+    after = snapshot(out_dir)
+    for files in (before, after):
+        files.pop(LOCK_NAME, None)
+    assert after == before  # nothing re-saved, no log rows
+
+
+def test_the_crc_check_names_no_other_checkpoint_when_there_is_none(tmp_path):
+    import torch
+    from smallgpt.checkpoint import CheckpointError, load_checkpoint
+    path = tmp_path / "last.pt"
+    torch.save({"model": {"w": torch.arange(50_000.0)}, "model_args": {}}, path)
+    assert load_checkpoint(str(path))["model"]["w"][-1] == 49_999.0  # intact: loads
+    flip_bytes_in_the_middle(path, count=4)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(str(path))
+    message = str(refused.value)
+    assert "\n" not in message and f"{path} is corrupt" in message and "ckpt.pt" not in message
