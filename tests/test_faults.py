@@ -686,3 +686,194 @@ def test_the_crc_check_names_no_other_checkpoint_when_there_is_none(tmp_path):
         load_checkpoint(str(path))
     message = str(refused.value)
     assert "\n" not in message and f"{path} is corrupt" in message and "ckpt.pt" not in message
+
+
+# ============================================================================ 7. resume checks identity
+
+@pytest.fixture(scope="module")
+def other_vocabulary(tmp_path_factory):
+    """A character dataset re-prepared from a text with 'é' where the other has 'e': as many
+    characters as the checkpoint's, so the sizes agree while most ids mean other characters
+    (resuming on it trained in silence)."""
+    import smallgpt.prepare
+    from conftest import make_text
+    root = tmp_path_factory.mktemp("other_vocabulary")
+    (root / "input.txt").write_text(make_text(seed=3).replace("e", "é"),
+                                    encoding="utf-8")
+    smallgpt.prepare.prepare_char(str(root / "other"), None, [f"--input={root / 'input.txt'}"])
+    return root / "other"
+
+
+@pytest.mark.parametrize("how", [("--init_from=resume",), ("--init_from=auto",),
+                                 ("--init_from=resume", "--resume_checkpoint_name=last.pt")])
+def test_resume_on_another_vocabulary_is_one_line_and_changes_nothing(small_run, other_vocabulary,
+                                                                      tmp_path, how):
+    out_dir = copy_of(small_run, tmp_path)
+    before = snapshot(out_dir)
+    result = run_train(other_vocabulary, out_dir, *how, "--max_iters=6", "--eval_interval=2",
+                       cwd=tmp_path)
+    lines = error_lines(result.stderr)
+    assert result.returncode != 0, "resumed on another vocabulary"
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "tokenized differently" in lines[0] and "characters" in lines[0], lines[0]
+    assert "--out_dir" in lines[0] and "--dataset" in lines[0], lines[0]  # what to do instead
+    after = snapshot(out_dir)
+    for files in (before, after):
+        files.pop(LOCK_NAME, None)
+    assert after == before
+
+
+def test_eval_py_names_the_same_difference(small_run, other_vocabulary, tmp_path):
+    result = run_script("eval.py", f"--out_dir={small_run}", "--device=cpu",
+                        f"--dataset={other_vocabulary}", cwd=tmp_path)
+    lines = error_lines(result.stderr)
+    assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+    assert "tokenized differently" in lines[0] and "characters" in lines[0], lines[0]
+
+
+def test_vocabulary_difference_in_words():
+    from smallgpt.tokenizer import vocabulary_difference
+    char = {"tokenizer": "char", "vocab_size": 3, "chars": ["a", "b", "c"]}
+    assert vocabulary_difference(char, dict(char)) is None
+    assert vocabulary_difference(None, None) is None  # both GPT-2 BPE (nanoGPT: no meta)
+    assert vocabulary_difference(None, {"tokenizer": "tiktoken", "encoding": "gpt2",
+                                        "vocab_size": 50257}) is None
+    moved = vocabulary_difference(char, {**char, "chars": ["a", "c", "b"]})
+    assert moved is not None and "3 characters" in moved
+    grown = vocabulary_difference(char, {**char, "vocab_size": 4, "chars": ["a", "b", "c", "é"]})
+    assert "'é'" in grown and "3" in grown and "4" in grown, grown
+    assert "gpt2" in vocabulary_difference(char, None)
+    bpe = {"tokenizer": "bpe", "vocab_size": 512, "tokenizer_sha256": "ab" * 32}
+    assert vocabulary_difference(bpe, {**bpe, "tokenizer_sha256": "cd" * 32}) is not None
+    assert vocabulary_difference(bpe, dict(bpe)) is None
+
+
+# ============================================================================ 8. which checkpoint
+
+def test_resuming_from_ckpt_pt_names_a_newer_last_pt(small_run, char_dataset, tmp_path):
+    import torch
+    out_dir = copy_of(small_run, tmp_path)
+    later = torch.load(out_dir / "last.pt", weights_only=True)
+    later["iter_num"] = 9  # as if the run went on past its best val loss
+    torch.save(later, out_dir / "last.pt")
+    result = run_train(char_dataset, out_dir, "--init_from=resume", "--max_iters=5",
+                       "--eval_interval=100", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "last.pt" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: "), result.stderr[-2000:]
+    assert "iteration 4" in warnings[0] and "iteration 9" in warnings[0], warnings[0]
+    assert "--init_from=resume --resume_checkpoint_name=last.pt" in warnings[0], warnings[0]
+    quiet = run_train(char_dataset, out_dir, "--init_from=resume", "--max_iters=6",
+                      "--resume_checkpoint_name=last.pt", "--eval_interval=100", cwd=tmp_path)
+    assert quiet.returncode == 0 and "warning: resuming" not in quiet.stderr, quiet.stderr[-2000:]
+
+
+# ============================================================================ 9. more faults, one line each
+
+def test_a_checkpoint_of_weights_only_is_one_line(small_run, char_dataset, tmp_path):
+    """A state_dict saved alone, and {'model', 'model_args'} without the training state: what
+    each is and what it can be used for, instead of KeyError: 'iter_num'."""
+    import torch
+    out_dir = copy_of(small_run, tmp_path)
+    full = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    torch.save({"model": full["model"], "model_args": full["model_args"], "meta": full["meta"]},
+               out_dir / "ckpt.pt")
+    torch.save(full["model"], out_dir / "last.pt")  # the bare state_dict
+    for name, words in (("ckpt.pt", "no training state"), ("last.pt", "state_dict")):
+        result = run_train(char_dataset, out_dir, "--init_from=resume", "--max_iters=6",
+                           f"--resume_checkpoint_name={name}", cwd=tmp_path)
+        lines = error_lines(result.stderr)
+        assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+        assert str(out_dir / name) in lines[0] and words in lines[0], lines[0]
+    sample = run_script("sample.py", f"--out_dir={out_dir}", "--device=cpu", "--num_samples=1",
+                        "--max_new_tokens=5", "--start=A", cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr[-2000:]  # weights are enough to sample
+
+
+class FullDisk:
+    """A file whose writes fail with ENOSPC once `room` bytes are written, as on a full disk."""
+
+    def __init__(self, path, room):
+        import io
+        self.file, self.room = io.open(path, "wb"), room  # io.open: builtins.open is patched
+
+    def write(self, data):
+        import errno
+        if self.file.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import builtins
+
+    import torch
+    from smallgpt import checkpoint
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save_checkpoint({"iter_num": 1}, str(path))
+    before = path.read_bytes()
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, mode="r", *args, **kwargs:
+                        FullDisk(file, 4096) if str(file).startswith(f"{path}.tmp") else
+                        real_open(file, mode, *args, **kwargs))
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        checkpoint.save_checkpoint({"iter_num": 2, "model": {"w": torch.zeros(250_000)}}, str(path))
+    message = str(refused.value)
+    assert "\n" not in message and "No space left" in message and "1.0 MB" in message, message
+    assert f"{path} is intact" in message, message
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no temp file left
+
+
+def test_train_py_with_a_file_size_limit_stops_in_one_line(small_run, char_dataset, tmp_path):
+    """A real write error from the kernel (EFBIG: RLIMIT_FSIZE, the closest to a full disk a
+    test can make): the save fails, the run says so in one line, the old checkpoints stay."""
+    import resource
+    out_dir = copy_of(small_run, tmp_path)
+    before = {name: (out_dir / name).read_bytes() for name in ("ckpt.pt", "last.pt")}
+    limit = min(len(data) for data in before.values()) // 2
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    from conftest import train_args
+    result = subprocess.run([sys.executable, str(REPO / "train.py"),
+                             *train_args(char_dataset, out_dir, "--init_from=resume",
+                                         "--resume_checkpoint_name=last.pt", "--max_iters=6",
+                                         "--eval_interval=100")],
+                            cwd=tmp_path, env=script_env(), capture_output=True, text=True,
+                            timeout=180, preexec_fn=small_files)
+    lines = error_lines(result.stderr)
+    assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+    assert "File too large" in lines[0] and "is intact" in lines[0], lines[0]
+    assert {name: (out_dir / name).read_bytes() for name in before} == before
+    assert not [p.name for p in out_dir.iterdir() if ".tmp." in p.name]
+
+
+def test_prepare_py_run_again_leaves_a_reader_its_old_data(tmp_path):
+    """A training run memory-maps train.bin; prepare.py run again meanwhile writes new files
+    and renames them into place, so the run keeps reading the old data whole."""
+    import numpy as np
+
+    import smallgpt.prepare
+    from conftest import make_text
+    for name, seed in (("first.txt", 0), ("second.txt", 1)):
+        (tmp_path / name).write_text(make_text(20_000, seed=seed), encoding="utf-8")
+    folder = tmp_path / "data"
+    smallgpt.prepare.prepare_char(str(folder), None, [f"--input={tmp_path / 'first.txt'}"])
+    reading = np.memmap(folder / "train.bin", dtype=np.uint16, mode="r")
+    old = np.array(reading)
+    smallgpt.prepare.prepare_char(str(folder), None, [f"--input={tmp_path / 'second.txt'}"])
+    new = np.fromfile(folder / "train.bin", dtype=np.uint16)
+    assert not np.array_equal(new[:len(old)], old[:len(new)])  # the file now holds other ids
+    assert np.array_equal(np.array(reading), old)  # the reader still sees the old ones whole
