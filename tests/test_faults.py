@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from conftest import REPO, error_lines, run_script, run_train, script_env
+from conftest import REPO, error_lines, run_script, run_train, script_env, train_args
 
 from smallgpt.lock import (LOCK_NAME, RunLockError, acquire_run_lock, read_holder,  # noqa: E402
                            remove_stale_temp_files_under_lock)
@@ -846,7 +846,6 @@ def test_train_py_with_a_file_size_limit_stops_in_one_line(small_run, char_datas
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    from conftest import train_args
     result = subprocess.run([sys.executable, str(REPO / "train.py"),
                              *train_args(char_dataset, out_dir, "--init_from=resume",
                                          "--resume_checkpoint_name=last.pt", "--max_iters=6",
@@ -877,3 +876,114 @@ def test_prepare_py_run_again_leaves_a_reader_its_old_data(tmp_path):
     new = np.fromfile(folder / "train.bin", dtype=np.uint16)
     assert not np.array_equal(new[:len(old)], old[:len(new)])  # the file now holds other ids
     assert np.array_equal(np.array(reading), old)  # the reader still sees the old ones whole
+
+
+# ============================================================================ 10. every rank agrees
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_nodes(char_dataset, tmp_path, *extra, timeout=240):
+    """README's two-node launch on one machine, one process per node, each node run from a
+    folder of its own (tmp_path/node0, tmp_path/node1) with --out_dir=out: two machines without
+    shared storage, each seeing its own out/. Returns [(returncode, stdout, stderr)] per node."""
+    port = free_port()
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--nnodes=2",
+         f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+         str(REPO / "train.py"), *train_args(char_dataset, "out", "--gradient_accumulation_steps=2",
+                                             *extra)],
+        cwd=tmp_path / f"node{rank}", env=script_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=timeout) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    return [(node.returncode, *output) for node, output in zip(nodes, outputs)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("node1_has", ["a copy", "nothing"])
+def test_init_from_auto_is_decided_by_rank_0(small_run, char_dataset, tmp_path, node1_has):
+    """Node 0 has out/last.pt (iteration 4), node 1 a copy of it or nothing. Each rank used to
+    decide alone: rank 1 started from scratch, ran 2 iterations more than rank 0, and waited
+    in a collective rank 0 never joined (gloo: 30 minutes). Rank 0 decides now: with a copy
+    both resume; without one, rank 1's missing file stops both ranks at once, in one line."""
+    shutil.copytree(small_run, tmp_path / "node0" / "out")
+    (tmp_path / "node1").mkdir()
+    if node1_has == "a copy":
+        shutil.copytree(small_run, tmp_path / "node1" / "out")
+    before = snapshot(tmp_path / "node0" / "out")
+    (code0, out0, err0), (code1, out1, err1) = two_nodes(
+        char_dataset, tmp_path, "--init_from=auto", "--max_iters=6", "--eval_interval=2",
+        "--dist_timeout_s=60")
+    if node1_has == "a copy":
+        assert code0 == code1 == 0, err0[-2000:] + err1[-2000:]
+        assert "resuming from last.pt" in out0 and "step 6: train loss" in out0
+        assert torch_iter(tmp_path / "node0" / "out" / "last.pt") == 6
+        return
+    assert code0 != 0 and code1 != 0
+    lines = [line for line in err0.splitlines() if line.startswith("error: ")]  # not torchrun's
+    assert len(lines) == 1, err0[-3000:]
+    assert 'train.py", line' not in err0, err0[-3000:]  # no traceback from the worker
+    assert lines[0].startswith("error: rank 1: no checkpoint at out/last.pt"), lines[0]
+    assert "every node needs the same out_dir" in lines[0], lines[0]
+    after = snapshot(tmp_path / "node0" / "out")
+    for files in (before, after):
+        files.pop(LOCK_NAME, None)
+    assert after == before
+
+
+def torch_iter(path):
+    import torch
+    return torch.load(path, weights_only=True)["iter_num"]
+
+
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+@pytest.mark.slow
+def test_a_stuck_rank_stops_the_others_after_dist_timeout_s(char_dataset, tmp_path):
+    """Rank 1's process frozen (SIGSTOP: a hung node, a stalled disk) mid-run: rank 0 waits
+    dist_timeout_s in its next collective, not gloo's 30 minutes, and ends with one line."""
+    for rank in (0, 1):
+        (tmp_path / f"node{rank}").mkdir()
+    port = free_port()
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--nnodes=2",
+         f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+         str(REPO / "train.py"), *train_args(char_dataset, "out", "--gradient_accumulation_steps=2",
+                                             "--max_iters=100000", "--eval_interval=100000",
+                                             "--dist_timeout_s=10")],
+        cwd=tmp_path / f"node{rank}", env=script_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    frozen = []
+    try:
+        for line in nodes[0].stdout:
+            if line.startswith("iter 3:"):
+                break
+        frozen = children(nodes[1].pid)
+        assert len(frozen) == 1, frozen  # node 1's one worker
+        os.kill(frozen[0], signal.SIGSTOP)
+        start = time.monotonic()
+        _, err0 = nodes[0].communicate(timeout=120)
+        waited = time.monotonic() - start
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGKILL)
+        for node in nodes:
+            node.kill()
+            node.communicate()
+    assert nodes[0].returncode != 0
+    lines = [line for line in err0.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and 'train.py", line' not in err0, err0[-3000:]
+    assert lines[0].startswith("error: rank 0 lost the other processes (") and \
+        "dist_timeout_s=10 s" in lines[0], lines[0]
+    assert 10 <= waited < 60, waited
