@@ -7,11 +7,18 @@ its own code, a file cut short. Organised by the principle each part checks (iss
   2. nothing already saved is lost                    (smallgpt/runlog.py: log.csv kept aside)
   3. untrusted inputs are never executed              (smallgpt/hf: trust_remote_code=False)
   4. faults and mistakes are one line                 (workbench booleans, a cut safetensors)
+  5. every setting has a range, every schedule works  (runsetup.check_settings, runstate.get_lr)
+  6. checkpoints are verified                         (checkpoint.load_checkpoint: the zip's CRCs)
+  7. a resume checks identity                         (runsetup.load_resume_checkpoint)
+  8. a resume says which newer checkpoint it replaces
+  9. more faults, one line each                       (weights only, a full disk, prepare.py again)
+ 10. every rank agrees, none waits forever            (two loopback nodes under torchrun; slow)
 
-    python -m pytest tests/test_faults.py -q
+    python -m pytest tests/test_faults.py -q -n 2
+    python -m pytest tests/test_faults.py -q -m "not slow"   # without torchrun
 
-CPU only, offline, under a minute. The lock tests start small Python processes that import only
-smallgpt.lock, so they take a fraction of a second each.
+CPU only, offline. The lock tests start small Python processes that import only smallgpt.lock,
+so they take a fraction of a second each; the train.py ones a few seconds each.
 """
 
 import ast
