@@ -63,7 +63,7 @@ from smallgpt.metrics import (evaluate_lines, evaluate_tokens, line_accuracy, lo
 from smallgpt.lines import LineDataset, is_line_dataset  # noqa: E402
 from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype  # noqa: E402
 from smallgpt.errors import fail  # noqa: E402
-from smallgpt.tokenizer import Tokenizer  # noqa: E402
+from smallgpt.tokenizer import Tokenizer, vocabulary_difference  # noqa: E402
 from smallgpt.dataloader import count_tokens, load_meta  # noqa: E402
 from smallgpt.prepare import read_utf8  # noqa: E402
 from smallgpt.tutorial import prepare_text_folder  # noqa: E402
@@ -142,14 +142,10 @@ else:
         fail(f"dataset {dataset!r} has no {split}.bin in {data_dir}; " +
              (f"run: python {prepare}" if os.path.isfile(os.path.join(REPO, prepare)) else
               "prepare it first (ls data/ lists the datasets that ship a prepare.py)"))
-    try:
-        data_tokenizer = Tokenizer.from_meta(data_meta)
-    except (ValueError, RuntimeError) as e:
-        fail(e)
-    if not tokenizer.same_vocabulary(data_tokenizer):
-        fail(f"dataset {dataset!r} is tokenised differently ({data_tokenizer.name}, "
-             f"{data_tokenizer.vocab_size} tokens) from the model ({tokenizer.name}, "
-             f"{tokenizer.vocab_size}); evaluate a text file with --text=FILE instead")
+    difference = vocabulary_difference(meta, data_meta, ("the model", "the dataset"))
+    if difference:
+        fail(f"dataset {dataset!r} is tokenized differently from the model (model vs dataset: "
+             f"{difference}); evaluate a text file with --text=FILE instead")
     if is_line_dataset(data_meta) and by_position:
         fail(f"by_position reads running text, and {dataset!r} is a line dataset; pass --text=FILE")
     if is_line_dataset(data_meta):

@@ -88,6 +88,7 @@ min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
 # distributed (torchrun; docs/distributed.md)
 backend = 'nccl'  # for CUDA; CPU runs always use gloo
 parallel = 'ddp'  # 'ddp': a full copy per process; 'fsdp': parameters, gradients, AdamW state sharded
+dist_timeout_s = 600  # seconds a collective waits for the other ranks before the run stops (torchrun)
 # system
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
 dtype = 'auto'  # auto, float32, bfloat16, float16 (float16 adds a GradScaler)
@@ -105,7 +106,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from model import GPT, GPTConfig, VARIANT_KEYS, set_fast_cpu  # noqa: E402
-from smallgpt.checkpoint import (gather_run_state, load_checkpoint, resolve_name, restore_run, run_checkpoint, save_checkpoint)  # noqa: E402
+from smallgpt.checkpoint import gather_run_state, restore_run, run_checkpoint, save_checkpoint  # noqa: E402
 from smallgpt.convert_attention import convert_resumed_model  # noqa: E402
 from smallgpt.dataloader import Batches  # noqa: E402
 from smallgpt.device import autocast_context, cached_peak_flops, note, reuse_freed_memory  # noqa: E402
@@ -114,7 +115,7 @@ from smallgpt.kvcache import XLMemory  # noqa: E402
 from smallgpt.lock import acquire_run_lock, remove_stale_temp_files_under_lock  # noqa: E402
 from smallgpt.metrics import line_accuracy  # noqa: E402
 from smallgpt.runlog import RunLog  # noqa: E402
-from smallgpt.runsetup import (check_model, check_settings, fit_block_size, gpt2_tokens_needed, note_ignored_variants, open_dataset, resolve_auto_init, start_processes, warn_if_overwriting)  # noqa: E402
+from smallgpt.runsetup import (check_model, check_settings, fit_block_size, gpt2_tokens_needed, load_resume_checkpoint, note_ignored_variants, open_dataset, resolve_auto_init, start_processes, warn_if_overwriting)  # noqa: E402
 from smallgpt.runstate import (RandomStreams, StopSignal, any_rank, divergence_message, diverged, get_lr, resume_command)  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -124,7 +125,8 @@ try:
     check_settings(config)
     # the data is checked before any process group or device is set up: a mistake is one line, at once
     data = open_dataset(dataset, REPO, loss_on, answer_separator, eval_accuracy, data_order)
-    run = start_processes(device, dtype, backend, parallel, compile, gradient_accumulation_steps)
+    run = start_processes(device, dtype, backend, parallel, compile, gradient_accumulation_steps,
+                          dist_timeout_s)
     run_lock = None  # an out_dir belongs to one run at a time; an evaluate-only run writes nothing
     if run.master:
         make_folder(out_dir, 'out_dir')
@@ -150,7 +152,7 @@ ctx = autocast_context(device_type, dtype)
 # ----------------------------------------------------------------------------- model
 vocab_size = meta['vocab_size'] if meta else None
 checkpoint = None  # init_from='resume': restore_run continues the run from it, below
-init_from, resume_checkpoint_name = resolve_auto_init(init_from, out_dir, resume_checkpoint_name)
+init_from, resume_checkpoint_name = resolve_auto_init(init_from, out_dir, resume_checkpoint_name, ddp)
 try:
     if init_from == 'scratch':
         if master_process and vocab_size is None:
@@ -159,8 +161,9 @@ try:
                               bias=bias, vocab_size=vocab_size or 50304, dropout=dropout,
                               **{key: config[key] for key in VARIANT_KEYS}))
     elif init_from == 'resume':
-        ckpt_path = os.path.join(out_dir, resolve_name(resume_checkpoint_name))
-        checkpoint = load_checkpoint(ckpt_path, device)
+        # verified, with a training state and this dataset's vocabulary, on every rank
+        checkpoint, ckpt_path = load_resume_checkpoint(out_dir, resume_checkpoint_name, device, meta,
+                                                       dataset, ddp)
         model = GPT.from_checkpoint(checkpoint, dropout=dropout, path=ckpt_path)  # with its weights
     elif init_from.startswith('gpt2') or os.path.isdir(init_from) or '/' in init_from:
         gpt2_tokens = not meta or (meta.get('tokenizer'), meta.get('encoding')) == ('tiktoken', 'gpt2')
@@ -275,8 +278,11 @@ def save(names):
     state = gather_run_state(raw_model, optimizer, streams, ddp_world_size, sharded=fsdp)
     for name in names if master_process else []:
         path = os.path.join(out_dir, name)
-        save_checkpoint(run_checkpoint(state, scaler, model_args, iter_num, best_val_loss, config,
-                                       meta), path)
+        try:
+            save_checkpoint(run_checkpoint(state, scaler, model_args, iter_num, best_val_loss, config,
+                                           meta), path)
+        except UserError as e:  # a full disk, a folder gone read-only: the earlier file is kept
+            fail(e)
         print(f"saved {path} (iteration {iter_num})")
 
 

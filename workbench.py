@@ -43,7 +43,7 @@ from smallgpt.interactive import prompt_loop, setting_error
 from smallgpt.lines import LineDataset, is_line_dataset
 from smallgpt.runlog import read_log
 from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype
-from smallgpt.tokenizer import Tokenizer, encode_prompt
+from smallgpt.tokenizer import Tokenizer, encode_prompt, vocabulary_difference
 from smallgpt.dataloader import load_meta
 from smallgpt.prepare import read_utf8
 DATA = os.path.join(REPO, 'data')
@@ -303,9 +303,10 @@ class Model:
         if not os.path.isfile(os.path.join(folder, f'{split}.bin')):
             raise ValueError(f"dataset {dataset!r} has no {split}.bin in {folder}; prepare it "
                              f"first (workbench.prepare or its data/<name>/prepare.py)")
-        if not self.tokenizer.same_vocabulary(Tokenizer.from_meta(meta)):
-            raise ValueError(f"dataset {dataset!r} is tokenised differently from the model; "
-                             f"evaluate a text file with text=FILE instead")
+        difference = vocabulary_difference(self.meta, meta, ("the model", "the dataset"))
+        if difference:
+            raise ValueError(f"dataset {dataset!r} is tokenized differently from the model (model "
+                             f"vs dataset: {difference}); evaluate a text file with text=FILE instead")
         return folder, meta
 
     def evaluate(self, dataset=None, split='val', text=None, batch_size=8, block_size=0,

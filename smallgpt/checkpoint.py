@@ -9,10 +9,13 @@ adds what an exact resume needs (`scaler`, `rng`). Everything in it is tensors a
 values, so `torch.load(..., weights_only=True)` reads it and a file that would run code is refused.
 """
 
+import errno
 import os
 import pickle
+import shutil
 import time
 import warnings
+import zipfile
 
 import torch
 import torch.distributed as dist
@@ -34,28 +37,59 @@ def resolve_name(name):
     return name if name.endswith(".pt") else name + ".pt"
 
 
+def tensor_bytes(obj):
+    """The bytes of the tensors in `obj` (dicts, lists, tuples of them): about a checkpoint's size."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(obj, path):
     """Write to a temp file in the same folder, fsync, then rename over `path`: a crash at any
-    moment leaves either the old file or the new one, never half of one."""
+    moment leaves either the old file or the new one, never half of one. A write that fails (a
+    full disk, a folder gone read-only) is a CheckpointError of one line; `path` is untouched."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            slow = float(os.environ.get("NANOGPT_TEST_SLOW_SAVE", "0"))  # tests: widen the window
-            if slow:
-                time.sleep(slow)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):  # make the rename itself survive a power cut (POSIX)
-            fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _write_and_rename(obj, path, tmp)
+    except (OSError, RuntimeError) as error:
+        e = error  # torch.save turns a failed write into RuntimeError("unexpected pos"): the cause
+        while e is not None and not isinstance(e, OSError):
+            e = e.__context__
+        if e is None:
+            raise
+        folder = os.path.dirname(os.path.abspath(path))
+        kept = f"{path} is intact" if os.path.isfile(path) else f"nothing was written at {path}"
+        space = ""
+        if e.errno == errno.ENOSPC:
+            free = shutil.disk_usage(folder).free
+            space = (f": it needs about {tensor_bytes(obj) / 1e6:.1f} MB, {free / 1e6:.1f} MB are "
+                     f"free on that disk")
+        raise CheckpointError(f"can't write {path} ({e.strerror or e}){space}; {kept}. Free some "
+                              f"space or pass another --out_dir, then resume") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _write_and_rename(obj, path, tmp):
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        slow = float(os.environ.get("NANOGPT_TEST_SLOW_SAVE", "0"))  # tests: widen the window
+        if slow:
+            time.sleep(slow)
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself survive a power cut (POSIX)
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def missing_checkpoint_message(path):
@@ -69,9 +103,37 @@ def missing_checkpoint_message(path):
     return f"no checkpoint at {path}; {hint}"
 
 
+def other_checkpoint_hint(path):
+    """What to use instead of a damaged `path`: the run's other checkpoint (ckpt.pt <-> last.pt)
+    when its folder has one, else retraining."""
+    folder, name = os.path.split(path)
+    other = {"ckpt.pt": "last.pt", "last.pt": "ckpt.pt"}.get(name)
+    if other and os.path.isfile(os.path.join(folder, other)):
+        return (f"use the run's other checkpoint, {other} (train.py --resume_checkpoint_name="
+                f"{other}; sample.py, eval.py --checkpoint_name={other}), or retrain")
+    return "use another checkpoint or retrain"
+
+
+def verify_zip(path):
+    """Check every CRC-32 of a checkpoint (torch.save writes a zip with one per tensor) before
+    torch.load reads it: flipped bytes inside the weights otherwise load as numbers, and a
+    resumed run saves them again. Reading the file once costs ~0.1 s per 100 MB (checkpoints.md)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # the first member whose CRC doesn't match, or None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or cut short (its zip structure is damaged: "
+                              f"{str(e)[:100]}); {other_checkpoint_hint(path)}") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path} is corrupt (the CRC of {damaged!r} doesn't match: the "
+                              f"file changed after it was saved); {other_checkpoint_hint(path)}")
+
+
 def load_checkpoint(path, device="cpu"):
     if not os.path.isfile(path):
         raise CheckpointError(missing_checkpoint_message(path))
+    if zipfile.is_zipfile(path):  # torch.save's format since 1.6; the legacy one has no CRCs
+        verify_zip(path)
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
@@ -86,13 +148,17 @@ def load_checkpoint(path, device="cpu"):
                                   f"sources you trust, saved by train.py") from None
         detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
         raise CheckpointError(f"{path} is not a checkpoint torch.load can read safely, or is corrupt "
-                              f"({detail[:120]}); use another checkpoint (ckpt.pt or last.pt) or "
-                              f"retrain") from None
+                              f"({detail[:120]}); {other_checkpoint_hint(path)}") from None
     except Exception as e:  # RuntimeError, EOFError, IndexError...: whatever a damaged file raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         reason = first.split(". ")[0][:160]  # torch appends advice that doesn't apply here
-        raise CheckpointError(f"{path} is truncated or corrupt ({reason}); use another "
-                              f"checkpoint (ckpt.pt or last.pt) or retrain") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({reason}); "
+                              f"{other_checkpoint_hint(path)}") from None
+    if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        raise CheckpointError(f"{path} holds only a state_dict ({len(ckpt)} tensors), without the "
+                              f"model's shape; to sample from it, save it as {{'model': state_dict, "
+                              f"'model_args': dict(n_layer=..., n_head=..., n_embd=..., block_size=..., "
+                              f"vocab_size=...)}}; a run can't resume from weights alone")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is not a train.py/nanoGPT checkpoint "
                               f"(it needs 'model' and 'model_args' entries)")

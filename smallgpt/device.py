@@ -7,6 +7,7 @@ Shared by train.py, sample.py and bench.py so all three pick the same device and
 
 import inspect
 import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -26,6 +27,9 @@ def pick_device(device="auto"):
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise UserError(f"device={device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' (a GPU's "
+                        f"number) or 'mps'")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={device!r} but torch sees no CUDA GPU; use --device=cpu "
                          f"(or install a CUDA build of torch)")

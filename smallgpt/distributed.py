@@ -17,7 +17,9 @@ fp32) in host memory. On resume every rank reads that file and keeps its shards.
 What this is not: sharded (per-rank) checkpoint files, CPU offload or hybrid sharding.
 """
 
+import datetime
 import os
+import sys
 import warnings
 
 import torch
@@ -33,21 +35,62 @@ from torch.distributed.fsdp import fully_shard
 warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
 
-def init_process_group(backend):
+def init_process_group(backend, timeout_s=600):
     """dist.init_process_group from torchrun's environment, also after torchrun --max-restarts
     restarted the workers. torchrun keeps one store for all attempts while this torch's workers
     (TORCHELASTIC_USE_AGENT_STORE) write their keys into it unprefixed: the restarted ranks would
     read the dead attempt's addresses and hang or fail to connect. Each attempt's keys go under
-    a prefix of its own instead."""
+    a prefix of its own instead.
+
+    `timeout_s` (train.py's dist_timeout_s): how long a collective waits for the other ranks
+    before it fails, instead of gloo's 30 minutes; then stop_on_lost_ranks says why in one line."""
+    timeout = datetime.timedelta(seconds=timeout_s)
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
     # torchrun sets it to True unless run with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        dist.init_process_group(backend=backend)
-        return
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                          is_master=False, timeout=dist.constants.default_pg_timeout)
-    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{attempt}", store),
-                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              is_master=False, timeout=timeout)
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{attempt}", store),
+                                rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+                                timeout=timeout)
+    stop_on_lost_ranks(timeout_s)
+
+
+def stop_on_lost_ranks(timeout_s):
+    """A collective that fails because another rank died (gloo: "Connection closed by peer") or
+    never came (a timeout) ends this rank with one line, not a traceback of gloo's internals:
+    the rank that failed first printed the reason."""
+    rank, previous_hook = dist.get_rank(), sys.excepthook
+
+    def hook(kind, error, traceback):
+        text = str(error)
+        if isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo" in text):
+            first = text.strip().splitlines()[0] if text.strip() else kind.__name__
+            first = first.split("] ", 1)[-1][:160]  # gloo prefixes its source file and line
+            print(f"error: rank {rank} lost the other processes ({first}); another rank stopped or "
+                  f"is stuck: its output says why (collectives wait dist_timeout_s={timeout_s} s)",
+                  file=sys.stderr)
+            sys.exit(1)  # sys.exit in an excepthook ends the process with this code
+        previous_hook(kind, error, traceback)
+
+    sys.excepthook = hook
+
+
+def rank0_decides(value):
+    """Rank 0's `value` on every rank: a decision read from rank 0's disk (init_from='auto')."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def first_failure(error):
+    """Every rank hands in its error (a one-line message, or None); every rank gets back the first
+    failing rank's (rank, message), or None when all succeeded. Collective."""
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return next(((rank, message) for rank, message in enumerate(errors) if message), None)
 
 
 def shard_model(model):

@@ -8,6 +8,7 @@ stops before any work with `error: ...` (smallgpt/errors.py).
 The model is handed in (model.py's GPT): this package never imports model.py.
 """
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -15,20 +16,46 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smallgpt.checkpoint import peek_checkpoint
+from smallgpt.checkpoint import load_checkpoint, peek_checkpoint, resolve_name
 from smallgpt.dataloader import PreparedDataset, count_tokens, load_meta
 from smallgpt.tutorial import prepare_text_folder
 from smallgpt.device import device_type_of, note, pick_device, pick_dtype
 from smallgpt.errors import UserError, is_main_process
 from smallgpt.lines import LineDataset, is_line_dataset
+from smallgpt.runstate import resume_command
+from smallgpt.tokenizer import vocabulary_difference
+
+
+# the range of each number train.py takes: (lowest, highest, whether the ends are allowed).
+# A value outside can only be a mistake (grad_clip=-1 trains uphill, beta2=1.5 grows the steps)
+RANGES = {
+    'learning_rate': (0.0, math.inf, '(0, inf)'), 'min_lr': (0.0, math.inf, '[0, inf)'),
+    'weight_decay': (0.0, math.inf, '[0, inf)'), 'grad_clip': (0.0, math.inf, '[0, inf), 0 = off'),
+    'beta1': (0.0, 1.0, '[0, 1)'), 'beta2': (0.0, 1.0, '[0, 1)'), 'dropout': (0.0, 1.0, '[0, 1)'),
+    'warmup_iters': (0, math.inf, '[0, inf)'), 'lr_decay_iters': (0, math.inf, '[0, inf)'),
+    'peak_flops': (0.0, math.inf, '[0, inf), 0 = measure'),
+    'dist_timeout_s': (0.0, math.inf, '(0, inf) seconds'),
+}
+
+
+def in_range(value, low, high, ends):
+    """Whether `value` lies in the interval `ends` writes out: '[' or '(' then ')'."""
+    return math.isfinite(value) and (value >= low if ends.startswith('[') else value > low) and \
+        value < high
 
 
 def check_settings(config):
     """The settings train.py can check on their own, before reading anything."""
     for name in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps',
-                 'batch_size', 'block_size'):
+                 'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd'):
         if config[name] < 1:
             raise UserError(f"{name}={config[name]} must be at least 1")
+    for name, (low, high, ends) in RANGES.items():
+        if not in_range(config[name], low, high, ends):
+            raise UserError(f"{name}={config[name]} is out of range: it must be in {ends}")
+    if config['n_embd'] % config['n_head']:
+        raise UserError(f"n_embd={config['n_embd']} must be divisible by n_head={config['n_head']} "
+                        f"(each head gets n_embd/n_head dimensions)")
     if config['eval_accuracy'] < 0:
         raise UserError(f"eval_accuracy={config['eval_accuracy']} can't be negative (0 = off)")
     if config['data_order'] not in ('random', 'sequential'):
@@ -116,9 +143,10 @@ class Processes:
 
 
 def start_processes(device='auto', dtype='auto', backend='nccl', parallel='ddp', compile=True,
-                    gradient_accumulation_steps=1):
+                    gradient_accumulation_steps=1, timeout_s=600):
     """Under torchrun (RANK set), join the process group: one process per GPU (nccl), or per
-    CPU socket (gloo, whatever `backend` says). Pick the device and the dtype."""
+    CPU socket (gloo, whatever `backend` says), its collectives waiting at most `timeout_s`
+    seconds for the other ranks. Pick the device and the dtype."""
     ddp = int(os.environ.get('RANK', -1)) != -1
     fsdp = ddp and parallel == 'fsdp'
     if parallel == 'fsdp' and not ddp:
@@ -140,7 +168,7 @@ def start_processes(device='auto', dtype='auto', backend='nccl', parallel='ddp',
         elif backend == 'nccl':
             backend = 'gloo'  # nccl is GPU-only
         from smallgpt.distributed import init_process_group  # FSDP's imports take a second: torchrun only
-        init_process_group(backend)
+        init_process_group(backend, timeout_s)
         if gradient_accumulation_steps % world_size != 0:
             raise UserError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not "
                             f"divisible by the {world_size} processes; use a multiple of {world_size}")
@@ -150,13 +178,19 @@ def start_processes(device='auto', dtype='auto', backend='nccl', parallel='ddp',
     return Processes(ddp, fsdp, rank, local_rank, world_size, device, device_type, dtype)
 
 
-def resolve_auto_init(init_from, out_dir, resume_checkpoint_name):
+def resolve_auto_init(init_from, out_dir, resume_checkpoint_name, distributed=False):
     """init_from='auto', for restarts (torchrun --max-restarts, a preempted job run again): the
     same command line starts a run the first time and continues it from its last.pt after.
-    Returns (init_from, resume_checkpoint_name), unchanged for any other init_from."""
+    Returns (init_from, resume_checkpoint_name), unchanged for any other init_from. Under
+    torchrun rank 0 looks at its disk and every rank follows it (`distributed`): on nodes
+    without shared storage each would decide alone, one resuming, the other starting afresh."""
     if init_from != 'auto':
         return init_from, resume_checkpoint_name
-    if os.path.isfile(os.path.join(out_dir, 'last.pt')):
+    found = os.path.isfile(os.path.join(out_dir, 'last.pt')) if is_main_process() else None
+    if distributed:
+        from smallgpt.distributed import rank0_decides
+        found = rank0_decides(found)
+    if found:
         init_from, resume_checkpoint_name = 'resume', 'last.pt'
     else:
         init_from = 'scratch'
@@ -164,6 +198,66 @@ def resolve_auto_init(init_from, out_dir, resume_checkpoint_name):
         print("init_from='auto': " + ("resuming from last.pt" if init_from == 'resume'
                                       else "no last.pt yet, starting from scratch"))
     return init_from, resume_checkpoint_name
+
+
+def load_resume_checkpoint(out_dir, name, device, data_meta, dataset, distributed=False):
+    """init_from='resume': (checkpoint, path) of out_dir/name, once it is known to be a run to
+    continue on this dataset: verified (checkpoint.py), holding a training state, with the
+    vocabulary of `data_meta`. A resume from ckpt.pt that would replace a newer last.pt says so.
+    Under torchrun every rank reads its own copy, and a rank that can't stops them all with its
+    line (printed by rank 0), instead of leaving the others waiting in their first collective."""
+    path = os.path.join(out_dir, resolve_name(name))
+    checkpoint, error = None, None
+    try:
+        checkpoint = load_checkpoint(path, device)
+        check_resume_identity(checkpoint, path, data_meta, dataset)
+    except UserError as e:
+        error = str(e)
+    if distributed:
+        from smallgpt.distributed import first_failure
+        failure = first_failure(error)
+        if failure is not None and failure[0] != 0:  # rank 0 read its file: this node's differs
+            error = (f"rank {failure[0]}: {failure[1]} (rank 0 resumes from its {path}: every "
+                     f"node needs the same out_dir, on shared storage or copied)")
+        elif failure is not None:
+            error = failure[1]
+    if error:
+        raise UserError(error)
+    if is_main_process():
+        warn_if_newer_last(path, checkpoint['iter_num'], distributed)
+    return checkpoint, path
+
+
+def check_resume_identity(checkpoint, path, data_meta, dataset):
+    """A checkpoint a run can continue on `dataset`: it holds a training state, and its
+    vocabulary is the dataset's (resuming on a re-prepared dataset trained on the wrong ids)."""
+    missing = [key for key in ('iter_num', 'optimizer') if key not in checkpoint]
+    if missing:
+        raise UserError(f"{path} holds a model's weights but no training state (no "
+                        f"{' or '.join(map(repr, missing))}), so no run can continue from it; "
+                        f"sample.py and eval.py read it as it is (--checkpoint_name=...)")
+    if 'meta' not in checkpoint:
+        return  # a nanoGPT checkpoint: its vocabulary is its dataset's (check_model compares sizes)
+    difference = vocabulary_difference(checkpoint['meta'], data_meta, ('the checkpoint', 'the dataset'))
+    if difference:
+        trained_on = (checkpoint.get('config') or {}).get('dataset')
+        raise UserError(f"dataset {dataset!r} is tokenized differently from {path} (checkpoint vs "
+                        f"dataset: {difference}); resuming would train on ids that mean other "
+                        f"tokens. Continue the run on its own data (--dataset={trained_on}), or "
+                        f"start a new run on this data with another --out_dir")
+
+
+def warn_if_newer_last(path, iter_num, distributed=False):
+    """Resuming from ckpt.pt (the best val loss) while last.pt holds a later iteration is a
+    choice (going back to the best point), not refused; but the run's first save of last.pt
+    replaces the later one, so say it once with the command that continues from it instead."""
+    folder, name = os.path.split(path)
+    last = peek_checkpoint(os.path.join(folder, 'last.pt')) if name == 'ckpt.pt' else None
+    if last is not None and isinstance(last['iter_num'], int) and last['iter_num'] > iter_num:
+        print(f"warning: resuming from {path} at iteration {iter_num}, while last.pt holds "
+              f"iteration {last['iter_num']}; this run's first save of last.pt replaces it. To "
+              f"continue from iteration {last['iter_num']} instead: "
+              f"{resume_command(sys.argv, int(os.environ.get('WORLD_SIZE', 1)), distributed)}", file=sys.stderr)
 
 
 def note_ignored_variants(model, asked, init_from):

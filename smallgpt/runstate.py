@@ -24,10 +24,12 @@ from smallgpt.errors import is_main_process
 
 
 def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
-    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr.
+    A warmup that reaches lr_decay_iters leaves no room for the cosine: min_lr after the warmup
+    (e.g. --max_iters=2000 --lr_decay_iters=2000 with warmup_iters=2000 used to divide by zero)."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
+    if it >= lr_decay_iters:  # at lr_decay_iters the cosine is min_lr too: the same value
         return min_lr
     ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0

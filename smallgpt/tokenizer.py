@@ -126,6 +126,51 @@ def _token_bytes(hf_tokenizer):
 
 
 # ----------------------------------------------------------------------------------------------
+# two vocabularies compared
+
+
+GPT2_META = {"tokenizer": "tiktoken", "encoding": "gpt2", "vocab_size": 50257}  # no meta: nanoGPT's
+
+
+def describe_vocabulary(meta) -> str:
+    """A meta's tokenizer in a few words: 'char, 65 characters', 'tiktoken gpt2'."""
+    meta = meta or GPT2_META
+    kind = meta.get("tokenizer")
+    if kind == "char":
+        return f"char, {len(meta['chars'])} characters"
+    if kind == "tiktoken":
+        return f"tiktoken {meta.get('encoding')}"
+    if kind == "bpe":
+        return f"bpe, {meta.get('vocab_size')} tokens"
+    return str(kind)
+
+
+def vocabulary_difference(meta, other, names=("the first", "the second")) -> str | None:
+    """None when two metas (a dataset's meta.json, a checkpoint's "meta"; None = GPT-2 BPE) give
+    every token id the same meaning, else the difference in a few words, calling them `names`.
+    Reads only the metas: no tokenizer is loaded, so it works without tiktoken or the
+    tokenizers library."""
+    meta, other = meta or GPT2_META, other or GPT2_META
+    same_kind = (meta.get("tokenizer"), meta.get("encoding")) == (other.get("tokenizer"), other.get("encoding"))
+    if not same_kind:
+        return f"{describe_vocabulary(meta)} vs {describe_vocabulary(other)}"
+    if meta["tokenizer"] == "char" and meta["chars"] != other["chars"]:
+        gone = "".join(c for c in meta["chars"] if c not in set(other["chars"]))[:12]
+        new = "".join(c for c in other["chars"] if c not in set(meta["chars"]))[:12]
+        change = ", ".join(part for part in (f"{gone!r} only in {names[0]}" if gone else "",
+                                             f"{new!r} only in {names[1]}" if new else "") if part)
+        return (f"{len(meta['chars'])} vs {len(other['chars'])} characters" +
+                (f": {change}" if change else ", in another order"))
+    if meta["tokenizer"] == "bpe" and meta.get("tokenizer_sha256") != other.get("tokenizer_sha256"):
+        return (f"two different BPE tokenizers ({meta.get('vocab_size')} and "
+                f"{other.get('vocab_size')} tokens; tokenizer.json sha256 "
+                f"{str(meta.get('tokenizer_sha256'))[:12]} vs {str(other.get('tokenizer_sha256'))[:12]})")
+    if meta.get("vocab_size") != other.get("vocab_size"):
+        return f"{meta.get('vocab_size')} vs {other.get('vocab_size')} tokens"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
 # the tokenizer
 
 
@@ -196,16 +241,6 @@ class Tokenizer:
             raise ValueError(f"meta.json says vocab_size={meta['vocab_size']} but tokenizer.json has "
                              f"{tokenizer.vocab_size} tokens; {fix}")
         return tokenizer
-
-    def same_vocabulary(self, other) -> bool:
-        """Whether two tokenizers give every token id the same meaning."""
-        if self.kind != other.kind:
-            return False
-        if self.kind == "char":
-            return self.chars == other.chars
-        if self.kind == "bpe":
-            return self.bpe_json == other.bpe_json
-        return self.name == other.name
 
     def encode(self, text: str) -> list[int]:
         if self.kind == "tiktoken":

@@ -7,14 +7,22 @@ its own code, a file cut short. Organised by the principle each part checks (iss
   2. nothing already saved is lost                    (smallgpt/runlog.py: log.csv kept aside)
   3. untrusted inputs are never executed              (smallgpt/hf: trust_remote_code=False)
   4. faults and mistakes are one line                 (workbench booleans, a cut safetensors)
+  5. every setting has a range, every schedule works  (runsetup.check_settings, runstate.get_lr)
+  6. checkpoints are verified                         (checkpoint.load_checkpoint: the zip's CRCs)
+  7. a resume checks identity                         (runsetup.load_resume_checkpoint)
+  8. a resume says which newer checkpoint it replaces
+  9. more faults, one line each                       (weights only, a full disk, prepare.py again)
+ 10. every rank agrees, none waits forever            (two loopback nodes under torchrun; slow)
 
-    python -m pytest tests/test_faults.py -q
+    python -m pytest tests/test_faults.py -q -n 2
+    python -m pytest tests/test_faults.py -q -m "not slow"   # without torchrun
 
-CPU only, offline, under a minute. The lock tests start small Python processes that import only
-smallgpt.lock, so they take a fraction of a second each.
+CPU only, offline. The lock tests start small Python processes that import only smallgpt.lock,
+so they take a fraction of a second each; the train.py ones a few seconds each.
 """
 
 import ast
+import math
 import os
 import shutil
 import signal
@@ -24,7 +32,7 @@ import time
 
 import pytest
 
-from conftest import REPO, error_lines, run_script, run_train, script_env
+from conftest import REPO, error_lines, run_script, run_train, script_env, train_args
 
 from smallgpt.lock import (LOCK_NAME, RunLockError, acquire_run_lock, read_holder,  # noqa: E402
                            remove_stale_temp_files_under_lock)
@@ -536,3 +544,453 @@ def test_gpt2_weights_on_a_character_dataset_is_one_line(char_dataset, tmp_path)
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert "tokenized with 'char'" in lines[0] and "data/don" in lines[0], lines[0]
     assert not (tmp_path / "out" / "ckpt.pt").exists()
+
+
+# ============================================================================ 5. every setting has a range
+
+def nanogpt_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
+    """nanoGPT's schedule, written out here as the reference for the settings it handles
+    (warmup_iters < lr_decay_iters): linear warmup, cosine to min_lr, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+@pytest.mark.parametrize("warmup_iters", [0, 1, 3, 10, 2000])
+@pytest.mark.parametrize("lr_decay_iters", [0, 1, 3, 10, 2000])
+def test_every_schedule_gives_a_finite_learning_rate(warmup_iters, lr_decay_iters):
+    from smallgpt.runstate import get_lr
+    learning_rate, min_lr = 6e-4, 6e-5
+    end = max(warmup_iters, lr_decay_iters)
+    iters = sorted({0, 1, 2, warmup_iters - 1, warmup_iters, warmup_iters + 1, lr_decay_iters - 1,
+                    lr_decay_iters, lr_decay_iters + 1, end, end + 1, 5000} - {-1})
+    rates = [get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr) for it in iters]
+    assert all(math.isfinite(r) and 0 < r <= learning_rate for r in rates), list(zip(iters, rates))
+    for it, rate in zip(iters, rates):
+        if warmup_iters < lr_decay_iters or it < warmup_iters:  # where nanoGPT's is defined
+            assert rate == pytest.approx(nanogpt_lr(it, learning_rate, warmup_iters,
+                                                    lr_decay_iters, min_lr), rel=1e-12)
+        else:  # warmup reaches lr_decay_iters: no cosine part, min_lr once warmup is over
+            assert rate == min_lr, (it, rate)
+
+
+def test_warmup_as_long_as_the_decay_trains_and_saves(char_dataset, tmp_path):
+    """The issue's command, small: max_iters = lr_decay_iters = warmup_iters. It used to divide
+    by zero at the last iteration, before its only eval and save."""
+    out_dir = tmp_path / "out"
+    result = run_train(char_dataset, out_dir, "--max_iters=3", "--warmup_iters=3",
+                       "--lr_decay_iters=3", "--eval_interval=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out_dir / "ckpt.pt").exists() and (out_dir / "last.pt").exists()
+    assert "step 3: train loss" in result.stdout
+
+
+BAD_SETTINGS = [  # (the setting, words the one line must hold)
+    ("--grad_clip=-1", "grad_clip"), ("--grad_clip=1e999", "grad_clip"),
+    ("--weight_decay=-0.5", "weight_decay"), ("--learning_rate=0", "learning_rate"),
+    ("--learning_rate=-3e-4", "learning_rate"), ("--learning_rate=1e999", "learning_rate"),
+    ("--min_lr=-1e-5", "min_lr"), ("--beta1=1.0", "beta1"), ("--beta2=1.5", "beta2"),
+    ("--beta2=-0.1", "beta2"), ("--n_layer=0", "n_layer"), ("--n_head=0", "n_head"),
+    ("--n_embd=0", "n_embd"), ("--n_embd=30", "n_head"), ("--dropout=1.0", "dropout"),
+    ("--dropout=-0.2", "dropout"), ("--batch_size=0", "batch_size"), ("--block_size=-4", "block_size"),
+    ("--gradient_accumulation_steps=0", "gradient_accumulation_steps"),
+    ("--eval_iters=0", "eval_iters"), ("--eval_interval=0", "eval_interval"),
+    ("--warmup_iters=-5", "warmup_iters"), ("--lr_decay_iters=-1", "lr_decay_iters"),
+    ("--peak_flops=-1.0", "peak_flops"), ("--device=gpu", "cuda"), ("--device=cpu0", "cpu"),
+]
+
+
+def settings_error(setting):
+    """The one line train.py's start-up checks give for `setting` (--key=value), read the way
+    train.py reads it (configurator, then check_settings and the device choice), or None."""
+    import configurator
+    from smallgpt.device import pick_device
+    from smallgpt.errors import UserError
+    from smallgpt.runsetup import check_settings
+    from test_configurator import TRAIN, train_defaults
+    config = configurator.configure(train_defaults(), [setting], script=str(TRAIN), echo=False)
+    try:
+        check_settings(config)
+        pick_device(config['device'])
+    except UserError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("setting, words", BAD_SETTINGS, ids=[s for s, _ in BAD_SETTINGS])
+def test_a_setting_out_of_range_is_one_line(setting, words):
+    message = settings_error(setting)
+    assert message is not None, f"{setting} was accepted"
+    assert "\n" not in message and words in message, message
+    assert setting[2:].split("=")[0] in message or "device" in setting, message
+
+
+def test_the_ranges_keep_the_defaults_and_their_edges():
+    for setting in ("--max_iters=5", "--grad_clip=0", "--weight_decay=0", "--min_lr=0", "--beta1=0",
+                    "--dropout=0.5", "--warmup_iters=0", "--lr_decay_iters=0", "--peak_flops=0",
+                    "--device=cuda:1", "--device=mps", "--device=auto", "--n_embd=24", "--n_head=6"):
+        message = settings_error(setting)  # a device this machine lacks: the next check's line
+        assert message is None or "--device=cpu" in message, (setting, message)
+
+
+@pytest.mark.parametrize("setting", ["--grad_clip=-1", "--n_head=0", "--device=gpu"])
+def test_train_py_stops_on_a_setting_out_of_range_before_writing(char_dataset, tmp_path, setting):
+    out_dir = tmp_path / "out"
+    result = run_train(char_dataset, out_dir, "--max_iters=2", setting, cwd=tmp_path)
+    lines = error_lines(result.stderr)
+    assert result.returncode != 0, result.stdout[-1000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert setting[2:].split("=")[0] in lines[0], lines[0]
+    assert not out_dir.exists()
+
+
+# ============================================================================ 6. checkpoints are verified
+
+def flip_bytes_in_the_middle(path, count=16):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + count] = bytes(b ^ 0x5A for b in data[middle:middle + count])
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_checkpoint_is_one_line_in_every_script(small_run, char_dataset, tmp_path):
+    """A few flipped bytes inside the weights: torch.load alone reads them as numbers (the run
+    resumed with exit 0 and re-saved both files from them). The zip's CRCs catch it."""
+    out_dir = copy_of(small_run, tmp_path)
+    flip_bytes_in_the_middle(out_dir / "ckpt.pt")
+    before = snapshot(out_dir)
+    runs = {
+        "train.py": run_train(char_dataset, out_dir, "--init_from=resume", "--max_iters=6",
+                              "--eval_interval=2", cwd=tmp_path),
+        "sample.py": run_script("sample.py", f"--out_dir={out_dir}", "--device=cpu",
+                                "--num_samples=1", "--max_new_tokens=5", "--start=A", cwd=tmp_path),
+        "eval.py": run_script("eval.py", f"--out_dir={out_dir}", "--device=cpu",
+                              f"--dataset={char_dataset}", cwd=tmp_path),
+    }
+    for script, result in runs.items():
+        lines = error_lines(result.stderr)
+        assert result.returncode != 0, f"{script} used a corrupt checkpoint"
+        assert len(lines) == 1, (script, result.stderr[-2000:])
+        assert f"{out_dir / 'ckpt.pt'} is corrupt" in lines[0], (script, lines[0])
+        assert "last.pt" in lines[0], (script, lines[0])  # the other checkpoint, named
+    after = snapshot(out_dir)
+    for files in (before, after):
+        files.pop(LOCK_NAME, None)
+    assert after == before  # nothing re-saved, no log rows
+
+
+def test_the_crc_check_names_no_other_checkpoint_when_there_is_none(tmp_path):
+    import torch
+    from smallgpt.checkpoint import CheckpointError, load_checkpoint
+    path = tmp_path / "last.pt"
+    torch.save({"model": {"w": torch.arange(50_000.0)}, "model_args": {}}, path)
+    assert load_checkpoint(str(path))["model"]["w"][-1] == 49_999.0  # intact: loads
+    flip_bytes_in_the_middle(path, count=4)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(str(path))
+    message = str(refused.value)
+    assert "\n" not in message and f"{path} is corrupt" in message and "ckpt.pt" not in message
+
+
+# ============================================================================ 7. resume checks identity
+
+@pytest.fixture(scope="module")
+def other_vocabulary(tmp_path_factory):
+    """A character dataset re-prepared from a text with 'é' where the other has 'e': as many
+    characters as the checkpoint's, so the sizes agree while most ids mean other characters
+    (resuming on it trained in silence)."""
+    import smallgpt.prepare
+    from conftest import make_text
+    root = tmp_path_factory.mktemp("other_vocabulary")
+    (root / "input.txt").write_text(make_text(seed=3).replace("e", "é"),
+                                    encoding="utf-8")
+    smallgpt.prepare.prepare_char(str(root / "other"), None, [f"--input={root / 'input.txt'}"])
+    return root / "other"
+
+
+@pytest.mark.parametrize("how", [("--init_from=resume",), ("--init_from=auto",),
+                                 ("--init_from=resume", "--resume_checkpoint_name=last.pt")])
+def test_resume_on_another_vocabulary_is_one_line_and_changes_nothing(small_run, other_vocabulary,
+                                                                      tmp_path, how):
+    out_dir = copy_of(small_run, tmp_path)
+    before = snapshot(out_dir)
+    result = run_train(other_vocabulary, out_dir, *how, "--max_iters=6", "--eval_interval=2",
+                       cwd=tmp_path)
+    lines = error_lines(result.stderr)
+    assert result.returncode != 0, "resumed on another vocabulary"
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "tokenized differently" in lines[0] and "characters" in lines[0], lines[0]
+    assert "--out_dir" in lines[0] and "--dataset" in lines[0], lines[0]  # what to do instead
+    after = snapshot(out_dir)
+    for files in (before, after):
+        files.pop(LOCK_NAME, None)
+    assert after == before
+
+
+def test_eval_py_names_the_same_difference(small_run, other_vocabulary, tmp_path):
+    result = run_script("eval.py", f"--out_dir={small_run}", "--device=cpu",
+                        f"--dataset={other_vocabulary}", cwd=tmp_path)
+    lines = error_lines(result.stderr)
+    assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+    assert "tokenized differently" in lines[0] and "characters" in lines[0], lines[0]
+
+
+def test_vocabulary_difference_in_words():
+    from smallgpt.tokenizer import vocabulary_difference
+    char = {"tokenizer": "char", "vocab_size": 3, "chars": ["a", "b", "c"]}
+    assert vocabulary_difference(char, dict(char)) is None
+    assert vocabulary_difference(None, None) is None  # both GPT-2 BPE (nanoGPT: no meta)
+    assert vocabulary_difference(None, {"tokenizer": "tiktoken", "encoding": "gpt2",
+                                        "vocab_size": 50257}) is None
+    moved = vocabulary_difference(char, {**char, "chars": ["a", "c", "b"]})
+    assert moved is not None and "3 characters" in moved
+    grown = vocabulary_difference(char, {**char, "vocab_size": 4, "chars": ["a", "b", "c", "é"]})
+    assert "'é'" in grown and "3" in grown and "4" in grown, grown
+    assert "gpt2" in vocabulary_difference(char, None)
+    bpe = {"tokenizer": "bpe", "vocab_size": 512, "tokenizer_sha256": "ab" * 32}
+    assert vocabulary_difference(bpe, {**bpe, "tokenizer_sha256": "cd" * 32}) is not None
+    assert vocabulary_difference(bpe, dict(bpe)) is None
+
+
+# ============================================================================ 8. which checkpoint
+
+def test_resuming_from_ckpt_pt_names_a_newer_last_pt(small_run, char_dataset, tmp_path):
+    import torch
+    out_dir = copy_of(small_run, tmp_path)
+    later = torch.load(out_dir / "last.pt", weights_only=True)
+    later["iter_num"] = 9  # as if the run went on past its best val loss
+    torch.save(later, out_dir / "last.pt")
+    result = run_train(char_dataset, out_dir, "--init_from=resume", "--max_iters=5",
+                       "--eval_interval=100", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "last.pt" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: "), result.stderr[-2000:]
+    assert "iteration 4" in warnings[0] and "iteration 9" in warnings[0], warnings[0]
+    assert "--init_from=resume --resume_checkpoint_name=last.pt" in warnings[0], warnings[0]
+    quiet = run_train(char_dataset, out_dir, "--init_from=resume", "--max_iters=6",
+                      "--resume_checkpoint_name=last.pt", "--eval_interval=100", cwd=tmp_path)
+    assert quiet.returncode == 0 and "warning: resuming" not in quiet.stderr, quiet.stderr[-2000:]
+
+
+# ============================================================================ 9. more faults, one line each
+
+def test_a_checkpoint_of_weights_only_is_one_line(small_run, char_dataset, tmp_path):
+    """A state_dict saved alone, and {'model', 'model_args'} without the training state: what
+    each is and what it can be used for, instead of KeyError: 'iter_num'."""
+    import torch
+    out_dir = copy_of(small_run, tmp_path)
+    full = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    torch.save({"model": full["model"], "model_args": full["model_args"], "meta": full["meta"]},
+               out_dir / "ckpt.pt")
+    torch.save(full["model"], out_dir / "last.pt")  # the bare state_dict
+    for name, words in (("ckpt.pt", "no training state"), ("last.pt", "state_dict")):
+        result = run_train(char_dataset, out_dir, "--init_from=resume", "--max_iters=6",
+                           f"--resume_checkpoint_name={name}", cwd=tmp_path)
+        lines = error_lines(result.stderr)
+        assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+        assert str(out_dir / name) in lines[0] and words in lines[0], lines[0]
+    sample = run_script("sample.py", f"--out_dir={out_dir}", "--device=cpu", "--num_samples=1",
+                        "--max_new_tokens=5", "--start=A", cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr[-2000:]  # weights are enough to sample
+
+
+class FullDisk:
+    """A file whose writes fail with ENOSPC once `room` bytes are written, as on a full disk."""
+
+    def __init__(self, path, room):
+        import io
+        self.file, self.room = io.open(path, "wb"), room  # io.open: builtins.open is patched
+
+    def write(self, data):
+        import errno
+        if self.file.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import builtins
+
+    import torch
+    from smallgpt import checkpoint
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save_checkpoint({"iter_num": 1}, str(path))
+    before = path.read_bytes()
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, mode="r", *args, **kwargs:
+                        FullDisk(file, 4096) if str(file).startswith(f"{path}.tmp") else
+                        real_open(file, mode, *args, **kwargs))
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        checkpoint.save_checkpoint({"iter_num": 2, "model": {"w": torch.zeros(250_000)}}, str(path))
+    message = str(refused.value)
+    assert "\n" not in message and "No space left" in message and "1.0 MB" in message, message
+    assert f"{path} is intact" in message, message
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no temp file left
+
+
+def test_train_py_with_a_file_size_limit_stops_in_one_line(small_run, char_dataset, tmp_path):
+    """A real write error from the kernel (EFBIG: RLIMIT_FSIZE, the closest to a full disk a
+    test can make): the save fails, the run says so in one line, the old checkpoints stay."""
+    import resource
+    out_dir = copy_of(small_run, tmp_path)
+    before = {name: (out_dir / name).read_bytes() for name in ("ckpt.pt", "last.pt")}
+    limit = min(len(data) for data in before.values()) // 2
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, str(REPO / "train.py"),
+                             *train_args(char_dataset, out_dir, "--init_from=resume",
+                                         "--resume_checkpoint_name=last.pt", "--max_iters=6",
+                                         "--eval_interval=100")],
+                            cwd=tmp_path, env=script_env(), capture_output=True, text=True,
+                            timeout=180, preexec_fn=small_files)
+    lines = error_lines(result.stderr)
+    assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+    assert "File too large" in lines[0] and "is intact" in lines[0], lines[0]
+    assert {name: (out_dir / name).read_bytes() for name in before} == before
+    assert not [p.name for p in out_dir.iterdir() if ".tmp." in p.name]
+
+
+def test_prepare_py_run_again_leaves_a_reader_its_old_data(tmp_path):
+    """A training run memory-maps train.bin; prepare.py run again meanwhile writes new files
+    and renames them into place, so the run keeps reading the old data whole."""
+    import numpy as np
+
+    import smallgpt.prepare
+    from conftest import make_text
+    for name, seed in (("first.txt", 0), ("second.txt", 1)):
+        (tmp_path / name).write_text(make_text(20_000, seed=seed), encoding="utf-8")
+    folder = tmp_path / "data"
+    smallgpt.prepare.prepare_char(str(folder), None, [f"--input={tmp_path / 'first.txt'}"])
+    reading = np.memmap(folder / "train.bin", dtype=np.uint16, mode="r")
+    old = np.array(reading)
+    smallgpt.prepare.prepare_char(str(folder), None, [f"--input={tmp_path / 'second.txt'}"])
+    new = np.fromfile(folder / "train.bin", dtype=np.uint16)
+    assert not np.array_equal(new[:len(old)], old[:len(new)])  # the file now holds other ids
+    assert np.array_equal(np.array(reading), old)  # the reader still sees the old ones whole
+
+
+# ============================================================================ 10. every rank agrees
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_nodes(char_dataset, tmp_path, *extra, timeout=240):
+    """README's two-node launch on one machine, one process per node, each node run from a
+    folder of its own (tmp_path/node0, tmp_path/node1) with --out_dir=out: two machines without
+    shared storage, each seeing its own out/. Returns [(returncode, stdout, stderr)] per node."""
+    port = free_port()
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--nnodes=2",
+         f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+         str(REPO / "train.py"), *train_args(char_dataset, "out", "--gradient_accumulation_steps=2",
+                                             *extra)],
+        cwd=tmp_path / f"node{rank}", env=script_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=timeout) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    return [(node.returncode, *output) for node, output in zip(nodes, outputs)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("node1_has", ["a copy", "nothing"])
+def test_init_from_auto_is_decided_by_rank_0(small_run, char_dataset, tmp_path, node1_has):
+    """Node 0 has out/last.pt (iteration 4), node 1 a copy of it or nothing. Each rank used to
+    decide alone: rank 1 started from scratch, ran 2 iterations more than rank 0, and waited
+    in a collective rank 0 never joined (gloo: 30 minutes). Rank 0 decides now: with a copy
+    both resume; without one, rank 1's missing file stops both ranks at once, in one line."""
+    shutil.copytree(small_run, tmp_path / "node0" / "out")
+    (tmp_path / "node1").mkdir()
+    if node1_has == "a copy":
+        shutil.copytree(small_run, tmp_path / "node1" / "out")
+    before = snapshot(tmp_path / "node0" / "out")
+    (code0, out0, err0), (code1, out1, err1) = two_nodes(
+        char_dataset, tmp_path, "--init_from=auto", "--max_iters=6", "--eval_interval=2",
+        "--dist_timeout_s=60")
+    if node1_has == "a copy":
+        assert code0 == code1 == 0, err0[-2000:] + err1[-2000:]
+        assert "resuming from last.pt" in out0 and "step 6: train loss" in out0
+        assert torch_iter(tmp_path / "node0" / "out" / "last.pt") == 6
+        return
+    assert code0 != 0 and code1 != 0
+    lines = [line for line in err0.splitlines() if line.startswith("error: ")]  # not torchrun's
+    assert len(lines) == 1, err0[-3000:]
+    assert 'train.py", line' not in err0, err0[-3000:]  # no traceback from the worker
+    assert lines[0].startswith("error: rank 1: no checkpoint at out/last.pt"), lines[0]
+    assert "every node needs the same out_dir" in lines[0], lines[0]
+    after = snapshot(tmp_path / "node0" / "out")
+    for files in (before, after):
+        files.pop(LOCK_NAME, None)
+    assert after == before
+
+
+def torch_iter(path):
+    import torch
+    return torch.load(path, weights_only=True)["iter_num"]
+
+
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+@pytest.mark.slow
+def test_a_stuck_rank_stops_the_others_after_dist_timeout_s(char_dataset, tmp_path):
+    """Rank 1's process frozen (SIGSTOP: a hung node, a stalled disk) mid-run: rank 0 waits
+    dist_timeout_s in its next collective, not gloo's 30 minutes, and ends with one line."""
+    for rank in (0, 1):
+        (tmp_path / f"node{rank}").mkdir()
+    port = free_port()
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--nnodes=2",
+         f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+         str(REPO / "train.py"), *train_args(char_dataset, "out", "--gradient_accumulation_steps=2",
+                                             "--max_iters=100000", "--eval_interval=100000",
+                                             "--dist_timeout_s=10")],
+        cwd=tmp_path / f"node{rank}", env=script_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    frozen = []
+    try:
+        for line in nodes[0].stdout:
+            if line.startswith("iter 3:"):
+                break
+        frozen = children(nodes[1].pid)
+        assert len(frozen) == 1, frozen  # node 1's one worker
+        os.kill(frozen[0], signal.SIGSTOP)
+        start = time.monotonic()
+        _, err0 = nodes[0].communicate(timeout=120)
+        waited = time.monotonic() - start
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGKILL)
+        for node in nodes:
+            node.kill()
+            node.communicate()
+    assert nodes[0].returncode != 0
+    lines = [line for line in err0.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and 'train.py", line' not in err0, err0[-3000:]
+    assert lines[0].startswith("error: rank 0 lost the other processes (") and \
+        "dist_timeout_s=10 s" in lines[0], lines[0]
+    assert 10 <= waited < 60, waited
