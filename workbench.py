@@ -144,7 +144,11 @@ def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5,
     with tempfile.TemporaryDirectory() as tmp:
         out_path, err_path = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
         with open(out_path, 'w') as out, open(err_path, 'w') as err:
-            process = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err)
+            # its own session: a terminal's Ctrl+C reaches only this process, whose terminate()
+            # below is then train.py's one stop request (finish the step, write last.pt); a
+            # second signal would make train.py quit without saving
+            process = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err,
+                                       start_new_session=True)
         shown = 0
         partial = b''  # the start of a line whose end train.py has not written yet
         try:
