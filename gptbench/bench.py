@@ -173,6 +173,10 @@ class Sample:
         config = self.config.copy()
         saved = None
         if kind == 'resume':
+            if not self.can_load() and os.path.isfile(os.path.join(self.path, 'model.pt')):
+                raise GPTBenchError(f"{self.path} holds a GPTBench checkpoint (model.pt, "
+                                    f"state.json), which this repo does not read; train it "
+                                    f"again here (init_new + train()) to get a ckpt.pt")
             if not self.can_load():
                 raise GPTBenchError(
                     f"no checkpoint named {self.name!r} in {self.work_dir} "
@@ -714,7 +718,12 @@ class Train(Sample):
         if sample_every and 'sample_interval' in train_py:
             s = c.sample
             top_k, top_p = top_filter(s.top, self.tokenizer.vocab_size)
-            wanted = dict(sample_interval=sample_every, sample_start=s.start_text or '',
+            start = s.start_text or ''
+            if s.start_text_sep and s.start_text_sep in start:
+                start = start.split(s.start_text_sep)[0]
+                notes.append(f"samples while training start from one text: {start!r}, the "
+                             f"first of sample.start_text")
+            wanted = dict(sample_interval=sample_every, sample_start=start,
                           sample_max_new_tokens=s.max_len, sample_temperature=s.temp,
                           sample_top_k=top_k or 0, sample_top_p=top_p or 1.0)
             settings.update({k: v for k, v in wanted.items() if k in train_py})

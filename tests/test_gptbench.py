@@ -593,6 +593,41 @@ def test_the_gptbench_style_notebook_runs(tmp_path):
     assert (tmp_path / 'checkpoints' / 'add2' / 'ckpt.pt').is_file()
 
 
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_stops_training_with_a_checkpoint(tmp_path):
+    """A terminal's Ctrl+C is SIGINT to the whole foreground process group. train() then stops
+    train.py once (it finishes the step and writes last.pt) and returns with that state."""
+    import signal
+    import time
+    write_lines(tmp_path / 'add1.txt', add_lines())
+    (tmp_path / 'stop.py').write_text(textwrap.dedent("""
+        from gptbench import Train, empty_config
+        ben = Train('stop', seed=1)
+        ben.set_train_log_periods(dot_period=1, loss_period=0, sample_period=0)
+        ben.set_datasets(class_name='charline', train_path='add1.txt')
+        cfg = empty_config()
+        cfg.model.set(n_layer=1, n_head=2, n_embd=32, block_size=8, device='cpu')
+        cfg.train.set(eval_period=100000, eval_iters=1)
+        ben.init_new(cfg)
+        ben.train()  # no iter_count, no max_samples: until Ctrl+C
+        print('STATE', ben.state['iter_num'])
+    """))
+    process = subprocess.Popen([sys.executable, 'stop.py'], cwd=tmp_path, env=gptbench_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # a process group, as a terminal's job
+    log = tmp_path / 'checkpoints' / 'stop' / 'log.csv'
+    deadline = time.time() + 240
+    while not (log.is_file() and any(r['kind'] == 'train' for r in read_log(log))):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0]
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)
+    out, _ = process.communicate(timeout=240)
+    assert process.returncode == 0 and 'training stopped' in out, out
+    stopped_at = int(out.split('STATE ')[1].split()[0])
+    last = torch.load(tmp_path / 'checkpoints' / 'stop' / 'last.pt', weights_only=True)
+    assert stopped_at >= 1 and last['iter_num'] == stopped_at, out
+
+
 # ----------------------------------------------------------------------------- the number sequences
 def test_sequence_lines_are_arithmetic_and_the_config_fits_them():
     spec = importlib.util.spec_from_file_location('sequences', REPO / 'data' / 'sequences' / 'prepare.py')
