@@ -289,7 +289,8 @@ def test_train_py_section_passes_this_repos_settings(run):
         ben.config.train_py.set(loss_on='answer', answer_separator='=')
         settings, _ = ben.train_settings(1)
         assert settings['loss_on'] == 'answer' and settings['answer_separator'] == '='
-        with pytest.raises(GPTBenchError, match=r"^unknown config key 'train_py.los_on'; did you mean 'train_py.loss_on'"):
+        with pytest.raises(GPTBenchError, match=r"^unknown config key 'train_py.los_on'; "
+                                                r"did you mean 'train_py.loss_on'"):
             ben.config.train_py.los_on = 'answer'
         ben.config.train_py.max_iters = 3
         with pytest.raises(GPTBenchError, match='decided by the run'):
