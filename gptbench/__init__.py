@@ -8,7 +8,8 @@ accuracy are model.py's KV-cache decoding, datasets are prepared with smallgpt.
 """
 
 from gptbench.config import GPTBenchError, LogFlag, empty_config, merge_config_from_sysargv
-from gptbench.bench import Sample, Train, config_run
+from gptbench.bench import Sample
+from gptbench.training import Train, config_run
 
 __all__ = ['Sample', 'Train', 'LogFlag', 'empty_config', 'config_run', 'merge_config_from_sysargv',
            'GPTBenchError']

@@ -8,13 +8,13 @@ GPTBench's command line: everything from -key=value arguments, no script needed.
 
 -init: new, resume, gpt2 (gpt2-medium, gpt2-large, gpt2-xl, or a local Hugging Face GPT-2
 folder); -mode: train, sample or prompt; -name: the run (default 'model'); any -section.key=value
-sets that setting (gptbench/config.py lists them). config_run lives in gptbench/bench.py, so
+sets that setting (gptbench/config.py lists them). config_run lives in gptbench/training.py, so
 `python -m` finds this module not yet imported (no runpy warning).
 """
 
 import sys
 
-from gptbench.bench import config_run
+from gptbench.training import config_run
 
 if __name__ == '__main__':
     config_run(None, sys.argv)

@@ -26,6 +26,7 @@ from conftest import REPO, make_text, run_script, script_env
 
 from gptbench import GPTBenchError, LogFlag, Sample, Train, config_run, empty_config
 import gptbench.bench
+import gptbench.training
 from gptbench import data
 from gptbench.bench import top_filter
 from smallgpt.metrics import line_accuracy
@@ -269,12 +270,12 @@ def test_log_periods_and_limits_map_to_train_py(run, monkeypatch):
     try:
         settings, notes = ben.train_settings()
         assert settings['max_iters'] == 5 and settings['log_interval'] == 1
-        real = gptbench.bench.train_py_defaults()
+        real = gptbench.training.train_py_defaults()
         if 'sample_interval' not in real:
             assert any('sample_interval' in n for n in notes)
         fake = dict(real, sample_interval=0, sample_start='', sample_max_new_tokens=100,
                     sample_temperature=1.0, sample_top_k=0)
-        monkeypatch.setattr(gptbench.bench, 'train_py_defaults', lambda: fake)
+        monkeypatch.setattr(gptbench.training, 'train_py_defaults', lambda: fake)
         settings, _ = ben.train_settings(iter_count=7)
         assert settings['sample_interval'] == 30 and settings['sample_top_k'] == 1  # top=1
         assert settings['max_iters'] == 5  # the smaller of 40 + 7 and two epochs
