@@ -63,6 +63,7 @@ profile = False  # run torch.profiler over a few steps and print the top operato
 max_new_tokens = 1000  # generate mode: tokens per sample (one sample, one-token prompt)
 window_chunk = 64  # generate mode, learned positions: also time this approximate setting
 hf_generate = True  # generate mode: also time transformers' generate on the exported model
+weights_dtypes = 'int8'  # generate mode: weight formats to time against float32 (int8, bfloat16; '' = none)
 checkpoint = ''  # a train.py checkpoint (.pt) to time instead of random weights of the shape above
 quick = False  # tiny shapes and few steps: checks that everything runs
 out_dir = ''  # kv mode: a train.py run to report; repeat --out_dir=... for several
@@ -90,13 +91,11 @@ import os  # noqa: E402
 
 from smallgpt.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from smallgpt.kvcache import KVCache  # noqa: E402
-from model import GPT, GPTConfig, set_fast_cpu  # noqa: E402
-from smallgpt.device import (autocast_context, measure_peak_flops, pick_device, pick_dtype, reuse_freed_memory, sync)  # noqa: E402
+from model import GPT, GPTConfig, VARIANT_KEYS, set_fast_cpu  # noqa: E402
+from smallgpt.device import (autocast_context, device_type_of, measure_peak_flops, pick_device, pick_dtype, reuse_freed_memory, sync)  # noqa: E402
 from smallgpt.dataloader import count_tokens, load_meta, sample_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-VARIANT_KEYS = ('pos_emb', 'rope_theta', 'n_kv_head', 'attn_window', 'window_pattern', 'kv_share',
-                'attention')
 MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') + VARIANT_KEYS
 
 if quick:
@@ -125,7 +124,7 @@ class Runner:
         self.s, self.label = s, label
         try:
             self.device = pick_device(s['device'])
-            self.device_type = 'cuda' if 'cuda' in self.device else self.device
+            self.device_type = device_type_of(self.device)
             self.dtype = pick_dtype(s['dtype'], self.device_type, quiet=True,
                                     training=s['mode'] == 'train')
         except ValueError as e:
@@ -320,10 +319,89 @@ def bench_generate():
                            outputs['transformers generate, inside block_size'].cpu())
         print(f"KV cache / transformers generate: {ratio:.2f}x; greedy tokens identical: {same}")
     check_against_reference(model, outputs['KV cache'])
+    if config['weights_dtypes']:
+        bench_weights(r, model, prompt, inside, tps.get('transformers generate, inside block_size'))
     past = max(0, n + 1 - cfg.block_size)
     if past and cfg.pos_emb == 'learned':
         print(f"({past} of the tokens are past block_size={cfg.block_size}: exact cropping costs a "
               f"full-window forward each; window_chunk trades exactness for speed there)")
+
+
+def copy_bandwidth(nbytes=256 * 2 ** 20, rounds=5):
+    """Bytes/s of the best of `rounds` copies of a buffer too big for any cache, counting what is
+    read and what is written: the memory bandwidth a decoding step can at best reach here."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # touch the pages first
+    best = min(_timed(lambda: dst.copy_(src)) for _ in range(rounds))
+    return 2 * nbytes / best
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_weights(r, model, prompt, n, hf_tps):
+    """weights_dtype rows: the same greedy decoding with the weights in int8 / bf16, timed
+    A B A B against float32, with the bytes a step streams, the bandwidth that reaches (against
+    a plain copy's), top-1 agreement with float32 along float32's own greedy tokens, and the
+    change in next-token loss through the cache (teacher-forced on val data, or on those tokens
+    when the run has no dataset)."""
+    import copy
+
+    import numpy as np
+
+    from smallgpt.generate import teacher_forced
+    from smallgpt.quantize import quantize_weights, weights_nbytes
+    formats = ['float32'] + [f.strip() for f in config['weights_dtypes'].split(',') if f.strip()]
+    try:
+        models = {f: quantize_weights(copy.deepcopy(model), f) for f in formats}
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    with torch.inference_mode():
+        reference = model.generate(prompt, n, temperature=0)  # (1, n + 1)
+        fp32_top1 = model(reference[:, :-1], all_logits=True)[0].argmax(dim=-1)
+    if r.bin_path:
+        val = np.memmap(r.bin_path.replace('train.bin', 'val.bin'), dtype=r.meta['dtype'] if r.meta else np.uint16, mode='r')
+        length = min(model.config.block_size, len(val) // 4)
+        ids = torch.tensor(np.stack([val[i * length:(i + 1) * length] for i in range(4)]).astype(np.int64))
+    else:
+        ids = reference
+    times = {f: [] for f in formats}
+    with r.ctx:
+        for f in formats:
+            models[f].generate(prompt, min(8, n), temperature=0)  # warm-up
+        for _ in range(config['rounds']):
+            for f in formats:
+                t0 = time.perf_counter()
+                models[f].generate(prompt, n, temperature=0)
+                sync(r.device_type)
+                times[f].append(time.perf_counter() - t0)
+    bandwidth = copy_bandwidth()
+    kv_per_token = 2 * model.config.n_layer * model.config.kv_heads * \
+        (model.config.n_embd // model.config.n_head) * 4 // model.config.kv_share
+    print(f"weights_dtype, {n} tokens inside block_size, one sample (copy bandwidth here: "
+          f"{bandwidth / 1e9:.1f} GB/s read+write):")
+    losses = {}
+    for f in formats:
+        tps = n / statistics.median(times[f])
+        streamed = weights_nbytes(models[f]) + kv_per_token * (n + 1) / 2  # the cache: half full on average
+        with torch.inference_mode():
+            top1 = models[f](reference[:, :-1], all_logits=True)[0].argmax(dim=-1)
+            losses[f] = teacher_forced(models[f], ids)[0] / ids[:, 1:].numel()
+        agree = (top1 == fp32_top1).float().mean().item()
+        vs_hf = f", {tps / hf_tps:.2f}x transformers generate (fp32)" if hf_tps else ""
+        print(f"{f:>10}: {tps:8.1f} tokens/s ({tps * r_tps_base(times, n):.2f}x float32{vs_hf}), "
+              f"{streamed / 1e6:.1f} MB/token, {streamed * tps / 1e9:.1f} GB/s "
+              f"({streamed * tps / bandwidth:.0%} of copy), top-1 = float32's at {agree:.1%}, "
+              f"loss {losses[f]:.4f} (delta {losses[f] - losses['float32']:+.4f})")
+
+
+def r_tps_base(times, n):
+    """1 / float32's tokens/s: multiply a format's tokens/s by it for the speed-up."""
+    return statistics.median(times['float32']) / n
 
 
 @torch.inference_mode()
@@ -369,7 +447,8 @@ def exported_to_transformers(model):
         except ValueError as e:
             print(f"note: no transformers comparison: {e}")
             return None
-        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
+                                                               trust_remote_code=False)
     return hf.to(model.lm_head.weight.device).eval()
 
 

@@ -8,7 +8,9 @@ its defaults. Right after it the script calls `config = configure(globals())`, w
   2. applies `--key=value` overrides: the value is read with ast.literal_eval, else taken as a
      raw string, and checked against the type of the default (an int is fine for a float,
      true/false in any case are booleans, the value may itself contain '=');
-  3. returns the final {key: value} dict (what checkpoints record as `config`).
+  3. returns the final {key: value} dict (what checkpoints record as `config`); with
+     return_given=True also the set of keys a config file or --key=value set (even to the
+     default's value: train.py's block_size=1024 in config/train_gpt2.py counts as given).
 Keys that aren't in the defaults block stop the run before any work, with the closest known
 names. `-h` / `--help` prints the defaults block with its comments. NANOGPT_DRY_RUN=1 in the
 environment checks a command line (config files, keys, types) and prints the settings it would
@@ -24,21 +26,10 @@ import re
 import sys
 import types
 
+from smallgpt.errors import UserError, fail, is_main_process
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
-
-
-def is_main_process():
-    """False in torchrun's ranks 1, 2, ...: they keep quiet, so a message is printed once.
-    torchrun sets RANK before the script starts, so this works before DDP is set up."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def fail(message, code=2):
-    """A user mistake: one line on stderr (from rank 0 only), a non-zero exit on every rank,
-    nothing done."""
-    if is_main_process():
-        print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+USAGE = 2  # the exit code of a command line that can't run (as argparse's); nothing was done
 
 
 def say(message):
@@ -47,15 +38,15 @@ def say(message):
 
 
 def make_folder(path, key):
-    """Create the folder that the setting `key` names (e.g. out_dir), or raise ValueError with
+    """Create the folder that the setting `key` names (e.g. out_dir), or raise UserError with
     one line saying why it can't be and what to pass instead."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--{key}={path} is a file, not a folder; pass another --{key} "
+        raise UserError(f"--{key}={path} is a file, not a folder; pass another --{key} "
                          f"(or move the file away)")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:  # a parent that is a file, no permission, read-only disk, ...
-        raise ValueError(f"can't create the folder --{key}={path} ({e.strerror}); "
+        raise UserError(f"can't create the folder --{key}={path} ({e.strerror}); "
                          f"pass another --{key}") from None
 
 
@@ -117,7 +108,7 @@ def find_config_file(arg):
         if os.path.isfile(path):
             return path
     fail(f"config file {arg!r} not found (looked for {', '.join(candidates)}); "
-         f"ls {os.path.relpath(CONFIG_DIR)} lists the ones that ship")
+         f"ls {os.path.relpath(CONFIG_DIR)} lists the ones that ship", USAGE)
 
 
 def print_help(script, keys, namespace):
@@ -144,11 +135,28 @@ def print_help(script, keys, namespace):
     sys.exit(0)
 
 
-def configure(namespace, argv=None, script=None, ignore=(), echo=True):
+def assigned_names(tree):
+    """The names a config file's top level assigns (`x = ...`, `x += ...`, in if/for blocks too),
+    not those inside its functions or classes: the keys the file sets, whatever the value (an
+    assignment of the default's value is a choice the file made)."""
+    names, todo = set(), [tree]
+    while todo:
+        for child in ast.iter_child_nodes(todo.pop()):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                continue  # their own scope
+            if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                names.add(child.id)
+            todo.append(child)
+    return names
+
+
+def configure(namespace, argv=None, script=None, ignore=(), echo=True, return_given=False):
     """Apply config files and --key=value overrides from argv to `namespace` (a script's
-    globals()); return the final settings as a dict. Keys in `ignore` may appear in config
-    files (e.g. train.py's keys, read by bench.py) and are skipped. echo=False keeps quiet
-    about what was overridden (sample.py: its stdout is the generated text)."""
+    globals()); return the final settings as a dict, and with return_given=True also the set of
+    keys that a config file or --key=value set (given, even when to the default's value). Keys
+    in `ignore` may appear in config files (e.g. train.py's keys, read by bench.py) and are
+    skipped. echo=False keeps quiet about what was overridden (sample.py: its stdout is the
+    generated text)."""
     argv = sys.argv[1:] if argv is None else argv
     script = script or namespace.get("__file__")
     keys = config_keys(namespace)
@@ -158,8 +166,9 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
                 if a.startswith("--") and not a.startswith(("--config-path=", "--config-name="))]
     unknown = [k for k in cli_keys if k not in keys]
     if unknown:  # all of them at once, before any config file runs
-        fail(unknown_keys_message(unknown, keys, "command line"))
+        fail(unknown_keys_message(unknown, keys, "command line"), USAGE)
 
+    given = set()
     for arg in argv:
         if arg.startswith("--config-path="):
             continue  # Hydra-style launch lines: --config-path=config --config-name=NAME
@@ -170,9 +179,10 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
             scope = {k: namespace[k] for k in keys}
             scope.update({k: '' for k in ignore if k not in scope})  # readable, unused
             try:
-                exec(compile(open(path, encoding="utf-8").read(), path, "exec"), scope)
+                tree = ast.parse(open(path, encoding="utf-8").read(), path)
+                exec(compile(tree, path, "exec"), scope)
             except Exception as e:  # a config file is user code: report where it broke
-                fail(f"{path}: {type(e).__name__}: {e}")
+                fail(f"{path}: {type(e).__name__}: {e}", USAGE)
             changed = {k: v for k, v in scope.items()
                        if not k.startswith("_") and k != "__builtins__"
                        and not isinstance(v, types.ModuleType) and not callable(v)  # imports, helpers
@@ -180,20 +190,22 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
             changed = {k: v for k, v in changed.items() if k not in ignore}
             unknown = [k for k in changed if k not in keys]
             if unknown:
-                fail(unknown_keys_message(unknown, keys, path))
+                fail(unknown_keys_message(unknown, keys, path), USAGE)
             for k, v in changed.items():
                 try:
                     namespace[k] = coerce(k, v, namespace[k])
                 except ValueError as e:
-                    fail(f"{path}: {k}: {e}")
+                    fail(f"{path}: {k}: {e}", USAGE)
+            given |= set(changed) | {k for k in assigned_names(tree) if k in keys and k not in ignore}
         else:
             key, sep, raw = arg[2:].partition("=")
             if not sep:
-                fail(f"{arg} needs a value: --{key}=VALUE")
+                fail(f"{arg} needs a value: --{key}=VALUE", USAGE)
             try:
                 namespace[key] = coerce(key, parse_value(raw, namespace[key]), namespace[key])
             except ValueError as e:
-                fail(f"--{key}: {e}")
+                fail(f"--{key}: {e}", USAGE)
+            given.add(key)
             if echo:
                 say(f"Overriding: {key} = {namespace[key]!r}")
     final = {k: namespace[k] for k in keys}
@@ -202,4 +214,4 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True):
         for k, v in final.items():
             say(f"  {k} = {v!r}")
         sys.exit(0)
-    return final
+    return (final, given) if return_given else final

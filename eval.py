@@ -17,10 +17,8 @@ tokens, bytes, and accuracy for line datasets) and nothing else on stdout.
 
 import json as json_module  # `json` is a setting below
 import os
-import sys
 
 import numpy as np
-import torch
 
 # -----------------------------------------------------------------------------
 # defaults (a config file or --key=value overrides any of these)
@@ -40,6 +38,7 @@ accuracy = True  # line datasets with an answer separator: exact-match accuracy 
 json = False  # print one JSON object instead of the text report
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, mps
 dtype = 'auto'  # auto (CPU: float32; GPU: bf16/fp16), float32, bfloat16, float16
+weights_dtype = 'float32'  # float32, bfloat16 or int8: evaluate the weights sample.py would decode with
 # -----------------------------------------------------------------------------
 from configurator import configure  # noqa: E402
 
@@ -47,19 +46,16 @@ configure(globals(), echo=False)  # stdout is the result (one JSON object with -
 
 from model import GPT  # noqa: E402
 from smallgpt.checkpoint import load_model  # noqa: E402
+from smallgpt.quantize import quantize_weights  # noqa: E402
 from smallgpt.metrics import evaluate_lines, evaluate_tokens, line_accuracy, token_byte_lengths  # noqa: E402
 from smallgpt.lines import LineDataset, is_line_dataset  # noqa: E402
-from smallgpt.device import autocast_context, pick_device, pick_dtype  # noqa: E402
+from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype  # noqa: E402
+from smallgpt.errors import fail  # noqa: E402
 from smallgpt.tokenizer import Tokenizer  # noqa: E402
 from smallgpt.dataloader import count_tokens, load_meta  # noqa: E402
 from smallgpt.prepare import read_utf8  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -80,9 +76,10 @@ if text and not os.path.isfile(text):
 # ----------------------------------------------------------------------------- model
 try:
     device = pick_device(device)
-    device_type = 'cuda' if 'cuda' in device else device
+    device_type = device_type_of(device)
     dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
     model, meta, trained = load_model(GPT, init_from, out_dir, checkpoint_name, device)
+    quantize_weights(model, weights_dtype)
     tokenizer = Tokenizer.from_meta(meta)
 except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
     fail(e)
@@ -171,10 +168,11 @@ if result is None:
     result.update(block_size=block_size, stride=stride or block_size)
 
 # ----------------------------------------------------------------------------- report
+result['weights_dtype'] = weights_dtype
 if json:
     print(json_module.dumps(result))
 else:
-    print(f"{source} on {what}:")
+    print(f"{source} on {what}" + (f", {weights_dtype} weights:" if weights_dtype != 'float32' else ":"))
     print(f"  loss {result['loss']:.4f}, perplexity {result['perplexity']:.4f}, bits per byte "
           f"{result['bits_per_byte']:.4f} ({result['tokens']:,} tokens, {result['bytes']:,} bytes"
           + (f", windows of {result['block_size']} every {result['stride']} tokens)"

@@ -1,6 +1,6 @@
 """
-Export a train.py checkpoint as a Hugging Face folder (config.json, model.safetensors and, for
-GPT-2 BPE models, the tokenizer), then check that transformers computes the same logits. A model
+Export a train.py checkpoint as a Hugging Face folder (config.json, model.safetensors and the
+tokenizer), then check that transformers computes the same logits. A model
 with learned positions becomes a GPT-2; a rotary one (pos_emb='rope', any n_kv_head, one
 attn_window for every layer) a Starcoder2. AutoModelForCausalLM loads either.
 
@@ -9,13 +9,14 @@ attn_window for every layer) a Starcoder2. AutoModelForCausalLM loads either.
     python export.py --out_dir=out-don --hf_dir=hf-don --tokenizer_dir=DIR  # BPE files
 `python export.py --help` lists every setting below. Needs transformers; runs on the CPU, offline.
 
-Character-level models export too; their ids are the dataset's own vocabulary (meta.json), so
-no Hugging Face tokenizer is written for them. See smallgpt/hf/gpt2.py and smallgpt/hf/starcoder2.py for what can
-and cannot be exported.
+The tokenizer: a model of a char, bytes or own-BPE dataset (data/*/prepare.py --tokenizer=...)
+gets its tokenizer.json from the checkpoint (a char one drops characters it lacks, where
+sample.py refuses them); a GPT-2 BPE model gets GPT-2's files (--tokenizer_dir or the Hugging
+Face cache). See smallgpt/hf/gpt2.py and smallgpt/hf/starcoder2.py for what can and cannot be
+exported.
 """
 
 import os
-import sys
 
 import torch
 
@@ -34,15 +35,12 @@ configure(globals())
 
 from model import GPT  # noqa: E402
 from smallgpt.checkpoint import (CheckpointError, load_checkpoint, resolve_name)  # noqa: E402
+from smallgpt.errors import fail  # noqa: E402
 from smallgpt.hf.common import GPT2_BPE_VOCAB_SIZES  # noqa: E402
 from smallgpt.hf.convert import save_hf  # noqa: E402
+from smallgpt.tokenizer import Tokenizer  # noqa: E402
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 # ----------------------------------------------------------------------------- load
@@ -57,6 +55,11 @@ except CheckpointError as e:
     fail(e)
 model.eval()
 dataset = (checkpoint.get('config') or {}).get('dataset')
+meta = checkpoint.get('meta') or {}
+try:  # the model's own vocabulary goes with it; a tiktoken one is GPT-2's files (below)
+    tokenizer = Tokenizer.from_meta(meta) if meta.get('tokenizer') in ('char', 'bytes', 'bpe') else None
+except ValueError as e:
+    fail(e)
 print(f"loaded {ckpt_path} (iter {checkpoint.get('iter_num')}, "
       f"{model.get_num_params() / 1e6:.2f}M parameters, vocab {model.config.vocab_size})")
 del checkpoint
@@ -69,7 +72,7 @@ except ImportError:
 
 transformers.utils.logging.disable_progress_bar()  # a bar for a single shard is only noise
 try:
-    tokenizer_files = save_hf(model, hf_dir, tokenizer_dir or None)
+    tokenizer_files = save_hf(model, hf_dir, tokenizer_dir or None, tokenizer)
 except (ValueError, RuntimeError, OSError) as e:
     fail(e)
 print(f"wrote {hf_dir}: {', '.join(sorted(os.listdir(hf_dir)))}")
@@ -82,6 +85,7 @@ if stale:  # left by an earlier export to the same folder; they may describe ano
 # ----------------------------------------------------------------------------- parity check
 # Reload what was written, as a user would, and run the same tokens through both models.
 hf, info = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True,
+                                                             trust_remote_code=False,
                                                              output_loading_info=True)
 problems = {k: sorted(v) for k, v in info.items() if k != 'error_msgs' and v}
 if problems or info.get('error_msgs'):

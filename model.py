@@ -6,8 +6,9 @@ What it is: learned token + position embeddings, a stack of pre-LayerNorm transf
 embedding. Parameter names are GPT-2's (`wte`, `wpe`, `c_attn`, `c_proj`, `ln_f`, `lm_head`), so
 Hugging Face weights load with a near one-to-one copy and nanoGPT checkpoints load unchanged.
 Attention variants (GPTConfig: pos_emb, n_kv_head, attn_window/window_pattern, kv_share,
-attention='linear') are fields whose defaults are exactly that GPT-2 attention. XLMemory carries
-keys and values from one forward to the next (TransformerXL, train.py's xl_memory).
+attention='linear') are fields whose defaults are exactly that GPT-2 attention. What is kept
+from earlier tokens (a KV cache, TransformerXL's memory) lives in smallgpt/kvcache.py, the
+decode loop in smallgpt/generate.py, the CPU speed-ups in smallgpt/fast_cpu.py.
 
 What it is not: a tokenizer, a training loop or a sampler UI (see train.py and sample.py).
 
@@ -20,6 +21,7 @@ What it is not: a tokenizer, a training loop or a sampler UI (see train.py and s
 import inspect
 import math
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -27,11 +29,15 @@ from torch.nn import functional as F
 
 from smallgpt import generate
 from smallgpt.checkpoint import CheckpointError, clean_state_dict
+from smallgpt.fast_cpu import Dropout, causal_bias
 from smallgpt.hf.convert import load_hf
 from smallgpt.linear_attention import causal_linear_attention, feature_map
 
 # nanoGPT's checkpoints store exactly these model_args; keep them so either repo reads the other's.
 NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+# GPTConfig's attention-variant fields below; train.py and bench.py take each as a setting of that name
+VARIANT_KEYS = ("pos_emb", "rope_theta", "n_kv_head", "attn_window", "window_pattern", "kv_share",
+                "attention")
 
 
 @dataclass
@@ -109,57 +115,16 @@ class GPTConfig:
         return args
 
 
-class _Mask(torch.autograd.Function):
-    """y = x * mask, and the same mask on the way back (mask already holds 0 or 1/(1-p))."""
-
-    @staticmethod
-    def forward(ctx, x, mask):
-        ctx.save_for_backward(mask)
-        return x * mask
-
-    @staticmethod
-    def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with a faster mask on the CPU.
-
-    torch's CPU dropout draws one random number per element (bernoulli_), which took about a
-    quarter of a bf16 training step of train_don_char.py here. This draws 64 random bits at a
-    time and cuts them into four 16-bit numbers, so each element is dropped with probability
-    round(p * 65536) / 65536 (0.2 -> 0.20000) from the same torch random stream. Other devices
-    keep torch's own kernel.
-    """
-
-    fast_cpu = True  # False = torch's kernel everywhere (nanoGPT's path; train.py --fast_cpu=False)
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x  # what nn.Dropout returns then, without a dispatch per call while decoding
-        if not (self.fast_cpu and x.device.type == "cpu"):
-            return super().forward(x)
-        if self.p >= 1:
-            return torch.zeros_like(x)
-        n = x.numel()
-        bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
-        draws = bits.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
-        cut = round(self.p * 65536) - 32768
-        scale = 1.0 / (1.0 - (cut + 32768) / 65536)  # P(keep) = 1 - round(p * 65536) / 65536
-        # 0 or scale in x's dtype; a 0/1 byte conversion then a multiply is 5x faster than
-        # torch.where(draws >= cut, scale, 0) with scalar operands on a CPU
-        mask = (draws >= cut).view(torch.uint8).to(x.dtype).mul_(scale)
-        return _Mask.apply(x, mask)
-
-
 class CausalSelfAttention(nn.Module):
     """
     Causal self-attention of one layer. With the defaults it is GPT-2's: c_attn projects to
     q, k, v of n_head heads each. Variants (GPTConfig): n_kv_head < n_head shrinks k and v to
     fewer heads, each shared by n_head / n_kv_head query heads; rotary positions turn q and k;
     a window hides keys older than attn_window tokens; with kv_share > 1 only the first layer of
-    a group projects k and v (c_attn), the others project q alone (c_q) and reuse the group's.
+    a group projects k and v (c_attn), the others project q alone (c_q) and reuse the group's;
+    attention='linear' replaces the softmax by running sums (smallgpt/linear_attention.py).
+    Keys and values kept from earlier steps (a KV cache while decoding, an XL memory while
+    training) do their own bookkeeping in smallgpt/kvcache.py; attention asks them what to read.
     """
 
     fast_cpu = True  # False = torch's fused kernel on CPUs too (nanoGPT's path)
@@ -171,13 +136,13 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.head_dim = config.n_embd // config.n_head
         self.dropout = config.dropout
-        self.window = config.layer_window(layer)
+        self.attn_window = config.layer_window(layer)  # this layer's window, 0 = full causal
         self.linear = config.attention == "linear"
         self.owns_kv = layer % config.kv_share == 0
         self.kv_slot = layer // config.kv_share  # which K/V set (of a KVCache too) this layer uses
-        # GPT-2's layout, for which the fast batched-matmul path below is written
+        # GPT-2's layout, for which attend_gpt2_layout is written
         self.gpt2_layout = (self.n_kv_head == self.n_head and config.pos_emb != "rope"
-                            and self.window == 0 and config.kv_share == 1 and not self.linear)
+                            and self.attn_window == 0 and config.kv_share == 1 and not self.linear)
         if self.owns_kv:  # q, k, v at once: n_embd + 2 * n_kv_head * head_dim outputs
             kv_dim = self.n_kv_head * self.head_dim
             self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
@@ -191,109 +156,36 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None, rope=None, shared_kv=None, band=0, memory=None):
         """x (B, T, C) -> (y (B, T, C), (k, v)): the keys and values this layer attended to,
-        (B, n_kv_head, S, hd), for the next layers of its kv_share group. `rope` is
-        (cos, sin) from rope_angles; `shared_kv` the group's (k, v) when this layer has no c_attn;
-        band > 0 narrows what a query sees to its last `band` tokens (smallgpt/generate.py's reference);
-        `memory` an XLMemory whose keys and values come before x's."""
-        B, T, C = x.size()
-        nh, hd = self.n_head, self.head_dim
+        (B, n_kv_head, S, hd), which the next layers of its kv_share group get as `shared_kv`.
+        `rope` is (cos, sin) from rope_angles; band > 0 narrows what a query sees to its last
+        `band` tokens (smallgpt/generate.py's reference). `cache` (decoding: a KVCache) holds
+        earlier tokens' keys and values; `memory` (training: an XLMemory) the last segment's."""
+        T = x.size(1)  # x (B, T, C)
         qkv = self.c_attn(x) if self.owns_kv else self.c_q(x)  # (B, T, C + 2 * n_kv_head * hd)
         dropout_p = self.dropout if self.training else 0.0
-        if self.linear:
-            return self._attend_linear(qkv, cache, band), None
-        if memory is not None:
-            return self._attend_with_memory(qkv, memory, rope, shared_kv, dropout_p)
+        if self.linear:  # no softmax, no window: running sums over all earlier tokens
+            return self.attend_linear(qkv, cache, band), None
+        if memory is not None:  # TransformerXL: the memory's keys come before this segment's
+            return self.attend_after_memory(qkv, memory, rope, shared_kv, dropout_p)
         # On a CPU, torch's fused kernel has no dropout (it falls back to an fp32 math path) and
-        # its bf16 backward is slow (4.5x its fp32 one at the seeds' CPU shape, torch 2.13), so
-        # those cases take the batched-matmul path below, which measured faster in both.
+        # its bf16 backward is slow (4.5x its fp32 one at the DI725 course's CPU shape, torch
+        # 2.13), so those cases take batched matmuls, which measured faster in both.
         fused = self.flash and not (self.fast_cpu and x.device.type == "cpu"
                                     and (dropout_p > 0 or qkv.dtype == torch.bfloat16))
         if cache is None and not fused and self.gpt2_layout and not 0 < band < T:
-            # one copy lays out every head's q, k and v contiguously: (3, B*nh, T, hd)
-            q, k, v = qkv.view(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4).reshape(3, B * nh, T, hd).unbind(0)
-            y = self._attend_unfused(q, k, v, causal_bias(T, q.dtype, q.device))
-            y = y.view(B, nh, T, hd).transpose(1, 2).reshape(B, T, C)  # heads side by side again
-            return self.resid_dropout(self.c_proj(y)), None
-        q, k, v = self._split_heads(qkv, rope)  # q (B, nh, T, hd); k, v (B, n_kv_head, T, hd) or None
+            return self.attend_gpt2_layout(qkv), None
+        q, k, v = self.split_heads(qkv, rope)  # q (B, nh, T, hd); k, v (B, n_kv_head, T, hd)
         if not self.owns_kv:
-            k, v = shared_kv  # already written to the cache by the group's first layer
-        elif cache is not None:
-            k, v = cache.write(self.kv_slot, k, v)  # (B, n_kv_head, S, hd): cached + T keys
-        kv = (k, v)
-        if cache is None:
-            window = min(self.window or band, band or self.window)
+            k, v = shared_kv  # from the group's first layer (which wrote them to the cache)
+        if cache is None:  # the keys are the queries' own: causal, within the window and band
+            window = min(self.attn_window or band, band or self.attn_window)
             mask = causal_mask(0, T, window, x.device) if 0 < window < T else None
-        else:
-            mask = cache.attn_mask(T, x.device, self.window, self.kv_slot)
-            if cache.wants_scores:  # kv_budget: the cache ranks tokens by the attention they get
-                cache.observe(self.kv_slot, q, k, mask)
-        is_causal = mask is None and T > 1  # then keys are exactly the T queries
-        if fused and SDPA_GQA and k.size(1) != nh:  # the kernel reads each kv head per group
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=is_causal, enable_gqa=True)
-        elif fused:
-            k, v = repeat_kv(k, nh), repeat_kv(v, nh)  # (B, nh, S, hd)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=is_causal)
-        else:
-            k, v = repeat_kv(k, nh), repeat_kv(v, nh)  # (B, nh, S, hd)
-            S = k.size(2)
-            if is_causal:
-                bias = causal_bias(T, q.dtype, q.device)
-            elif mask is not None:  # (T, S) or (B, 1, T, S), True = may attend
-                bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
-                bias = bias.masked_fill_(~mask, float("-inf"))
-                if bias.dim() == 4:
-                    bias = bias.expand(B, nh, T, S).reshape(B * nh, T, S)
-            else:
-                bias = None
-            y = self._attend_unfused(q.reshape(B * nh, T, hd), k.reshape(B * nh, S, hd),
-                                     v.reshape(B * nh, S, hd), bias)
-        y = y.view(B, nh, T, hd).transpose(1, 2).reshape(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y)), kv
+        else:  # the cache adds the earlier tokens' keys and says which each query may see
+            k, v, mask = cache.update(self.kv_slot, q, k, v, self.attn_window, write=self.owns_kv)
+        y = self.attend(q, k, v, mask, dropout_p, fused)  # (B, nh, T, hd)
+        return self.project(y), (k, v)
 
-    def _attend_linear(self, qkv, cache, band):
-        """Linear attention (smallgpt/linear_attention.py) of the whole input, or continuing the state a
-        LinearState (smallgpt/generate.py) holds; it has no band: every token sees all before it."""
-        assert band == 0, f"linear attention sees every earlier token, got band={band}"
-        B, T, C = qkv.size(0), qkv.size(1), self.n_embd
-        q, k, v = self._split_heads(qkv, None)
-        k, v = repeat_kv(k, self.n_head), repeat_kv(v, self.n_head)  # (B, nh, T, hd)
-        q, k = feature_map(q), feature_map(k)
-        if cache is None:
-            y = causal_linear_attention(q, k, v)[0]
-        else:
-            y = cache.attend(self.kv_slot, q, k, v)
-        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y))
-
-    def _attend_with_memory(self, qkv, memory, rope, shared_kv, dropout_p):
-        """Attention over the memory's M keys and the T new ones (TransformerXL). Keys are kept
-        before the rotary turn and turned here at 0..M+T-1, the queries at M..M+T-1: rotary
-        scores depend only on the distance, so where the frame starts does not matter. `rope`
-        covers those M+T positions. Returns the un-turned (k, v) for a kv_share group."""
-        B, T, C = qkv.size(0), qkv.size(1), self.n_embd
-        q, k, v = self._split_heads(qkv, None)  # q (B, nh, T, hd); k, v un-turned
-        if self.owns_kv:
-            old_k, old_v = memory.read(self.kv_slot)
-            if old_k is not None:
-                k, v = torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)  # (B, nkv, M+T, hd)
-            memory.write(self.kv_slot, k, v)
-        else:
-            k, v = shared_kv
-        kv = (k, v)
-        S = k.size(2)
-        if rope is not None:
-            cos, sin = rope  # (S, 1, hd)
-            q = apply_rope(q.transpose(1, 2), cos[S - T:], sin[S - T:]).transpose(1, 2)
-            k = apply_rope(k.transpose(1, 2), cos, sin).transpose(1, 2)
-        mask = causal_mask(S - T, S, self.window, q.device)  # (T, S): memory, then causal
-        k, v = repeat_kv(k, self.n_head), repeat_kv(v, self.n_head)  # (B, nh, S, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y)), kv
-
-    def _split_heads(self, qkv, rope):
+    def split_heads(self, qkv, rope):
         """q (B, nh, T, hd) and, for a layer with c_attn, k and v (B, n_kv_head, T, hd), from
         the projection's output (B, T, C [+ 2 * n_kv_head * hd]); rotary positions applied."""
         B, T, _ = qkv.size()
@@ -312,7 +204,31 @@ class CausalSelfAttention(nn.Module):
             k = k.transpose(1, 2)  # (B, nkv, T, hd)
         return qk.transpose(1, 2), k, v  # q (B, nh, T, hd)
 
-    def _attend_unfused(self, q, k, v, bias):
+    def attend(self, q, k, v, mask, dropout_p, fused):
+        """Each query's mix of the values: q (B, nh, T, hd) over k, v (B, n_kv_head, S, hd) ->
+        (B, nh, T, hd). mask (T, S) or (B, 1 or nh, T, S), True = may attend; None = causal,
+        the keys being the queries' own (or all seen by one query). fused: torch's kernel."""
+        B, nh, T, hd = q.shape
+        is_causal = mask is None and T > 1
+        if fused and SDPA_GQA and k.size(1) != nh:  # the kernel reads each kv head per group
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                  is_causal=is_causal, enable_gqa=True)
+        k, v = repeat_kv(k, nh), repeat_kv(v, nh)  # (B, nh, S, hd)
+        if fused:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                  is_causal=is_causal)
+        S = k.size(2)
+        bias = causal_bias(T, q.dtype, q.device) if is_causal else None  # (T, T), made once
+        if mask is not None:  # 0 where a query may attend, -inf where not
+            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill_(~mask, float("-inf"))
+            if bias.dim() == 4:
+                bias = bias.expand(B, nh, T, S).reshape(B * nh, T, S)
+        y = self.attend_batched(q.reshape(B * nh, T, hd), k.reshape(B * nh, S, hd),
+                                v.reshape(B * nh, S, hd), bias)
+        return y.view(B, nh, T, hd)
+
+    def attend_batched(self, q, k, v, bias):
         """softmax(q k^T / sqrt(hd) + bias) v, heads batched: q (N, T, hd), k and v (N, S, hd),
         bias (T, S) or (N, T, S) with -inf where attention is not allowed, or None."""
         scale = 1.0 / math.sqrt(q.size(-1))
@@ -323,6 +239,58 @@ class CausalSelfAttention(nn.Module):
         att = F.softmax(att, dim=-1)  # bf16 input: the CPU kernel still sums in fp32
         att = self.attn_dropout(att)
         return torch.bmm(att, v)  # (N, T, hd)
+
+    def project(self, y):
+        """y (B, nh, T, hd) -> the layer's output (B, T, C): heads side by side, then c_proj."""
+        B, _, T, _ = y.shape
+        y = y.transpose(1, 2).reshape(B, T, self.n_embd)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    # ------------------------------------------ other paths: a CPU's GPT-2, linear, XL memory
+
+    def attend_gpt2_layout(self, qkv):
+        """GPT-2's attention without a cache, by batched matmuls (a CPU with dropout or bf16):
+        one copy lays out every head's q, k and v contiguously, as the matmuls read them."""
+        B, T, _ = qkv.size()
+        nh, hd = self.n_head, self.head_dim
+        q, k, v = qkv.view(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4).reshape(3, B * nh, T, hd).unbind(0)
+        y = self.attend_batched(q, k, v, causal_bias(T, q.dtype, q.device))  # (B * nh, T, hd)
+        return self.project(y.view(B, nh, T, hd))
+
+    def attend_linear(self, qkv, state, band):
+        """Linear attention (smallgpt/linear_attention.py) of the whole input, or continuing the
+        running sums a LinearState (smallgpt/kvcache.py) holds; it has no band: every token sees
+        all before it."""
+        assert band == 0, f"linear attention sees every earlier token, got band={band}"
+        q, k, v = self.split_heads(qkv, None)
+        k, v = repeat_kv(k, self.n_head), repeat_kv(v, self.n_head)  # (B, nh, T, hd)
+        q, k = feature_map(q), feature_map(k)
+        if state is None:
+            y = causal_linear_attention(q, k, v)[0]  # (B, nh, T, hd)
+        else:
+            y = state.attend(self.kv_slot, q, k, v)
+        return self.project(y)
+
+    def attend_after_memory(self, qkv, memory, rope, shared_kv, dropout_p):
+        """TransformerXL: attention over an XLMemory's M keys and the T new ones. The memory
+        keeps keys before the rotary turn; they are turned here at 0..M+T-1 and the queries at
+        M..M+T-1 (`rope` covers those M+T positions): rotary scores depend only on the
+        distance, so where the frame starts does not matter. Returns the output and the
+        un-turned (k, v) for the group's next layers."""
+        T = qkv.size(1)
+        q, k, v = self.split_heads(qkv, None)  # q (B, nh, T, hd); k, v not turned
+        k, v = memory.update(self.kv_slot, k, v) if self.owns_kv else shared_kv  # (B, nkv, S, hd)
+        S, turned_k = k.size(2), k
+        if rope is not None:
+            cos, sin = rope  # (S, 1, hd)
+            q = apply_rope(q.transpose(1, 2), cos[S - T:], sin[S - T:]).transpose(1, 2)
+            turned_k = apply_rope(k.transpose(1, 2), cos, sin).transpose(1, 2)
+        mask = causal_mask(S - T, S, self.attn_window, q.device)  # (T, S): memory, then causal
+        # torch's kernel on every device, with the heads repeated beforehand, as XL training has
+        # always run (enable_gqa's backward sums the groups in another order: other low bits)
+        turned_k, v_all = repeat_kv(turned_k, self.n_head), repeat_kv(v, self.n_head)
+        y = self.attend(q, turned_k, v_all, mask, dropout_p, fused=True)  # (B, nh, T, hd)
+        return self.project(y), (k, v)
 
 
 # scaled_dot_product_attention reads grouped K/V heads itself from torch 2.5 (enable_gqa)
@@ -371,20 +339,6 @@ def causal_mask(q_start, S, window, device):
     return mask
 
 
-_CAUSAL_BIAS = {}
-
-
-def causal_bias(T, dtype, device):
-    """(T, T) additive causal mask, 0 on and below the diagonal and -inf above; made once."""
-    key = (T, dtype, str(device))
-    if key not in _CAUSAL_BIAS:
-        with torch.inference_mode(False):  # a normal tensor, even if first made while sampling
-            allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-            _CAUSAL_BIAS[key] = torch.zeros(T, T, dtype=dtype, device=device).masked_fill_(
-                ~allowed, float("-inf"))
-    return _CAUSAL_BIAS[key]
-
-
 class MLP(nn.Module):
 
     def __init__(self, config):
@@ -431,7 +385,6 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self._rope_table = None  # (cos, sin) for positions 0..n-1, made on first use (_rope)
         # weight tying: the output projection reuses the token embedding (GPT-2 does this too)
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -459,9 +412,9 @@ class GPT(nn.Module):
         """
         idx (B, T) token ids. With targets (B, T): logits for every position and the mean
         cross-entropy (targets == -1 are ignored). Without: logits of the last position only,
-        (B, 1, V), unless all_logits. With a KVCache (smallgpt/generate.py) the tokens continue what it
-        holds. band > 0: every layer sees at most the last `band` tokens (and its own window);
-        with rope/none positions such a forward may be longer than block_size. With an
+        (B, 1, V), unless all_logits. With a KVCache (smallgpt/kvcache.py) the tokens continue
+        what it holds. band > 0: every layer sees at most the last `band` tokens (and its own
+        window); with rope/none positions such a forward may be longer than block_size. With an
         XLMemory (TransformerXL, rope/none only) every layer also attends to the keys and values
         it holds, which come right before idx, and the memory then moves on to include idx.
         """
@@ -483,9 +436,12 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)  # (T, C) or (B, T, C) added
         rope = None
         if cfg.pos_emb == "rope":
-            n_pos = T + (memory.length if memory is not None else 0)  # memory keys come first
-            rope = (rope_angles(torch.arange(n_pos, device=idx.device), cfg.n_embd // cfg.n_head,
-                                cfg.rope_theta) if cache is None else self._cached_rope(cache, T))
+            angles = partial(rope_angles, head_dim=cfg.n_embd // cfg.n_head, theta=cfg.rope_theta)
+            if cache is not None:  # the cache knows each row's positions (and keeps a table)
+                rope = cache.rope(T, idx.device, angles)
+            else:
+                n_pos = T + (memory.length if memory is not None else 0)  # memory keys come first
+                rope = angles(torch.arange(n_pos, device=idx.device))
         x = self.transformer.drop(x)
         kv = None  # the current kv_share group's keys and values, handed from layer to layer
         for block in self.transformer.h:
@@ -504,23 +460,6 @@ class GPT(nn.Module):
         # inference: only the last position is needed to pick the next token
         logits = self.lm_head(x if all_logits else x[:, [-1], :])  # (B, 1 or T, V)
         return logits, None
-
-    def _cached_rope(self, cache, T):
-        """rope_angles for the next T positions of `cache`, read from a table made once and
-        grown by doubling: a decode step costs two slices instead of six kernels."""
-        top = cache.length + T
-        table = self._rope_table
-        if table is None or table[0].size(0) < top or table[0].device != self.lm_head.weight.device:
-            n = max(top, 2 * (table[0].size(0) if table is not None else self.config.block_size))
-            with torch.inference_mode(False):  # a normal tensor, though made while sampling
-                pos = torch.arange(n, device=self.lm_head.weight.device)
-                table = rope_angles(pos, self.config.n_embd // self.config.n_head,
-                                    self.config.rope_theta)  # (n, 1, hd) each
-            self._rope_table = table
-        if cache.pad is None:  # every row at the same positions: views of the table
-            return table[0][cache.length:top], table[1][cache.length:top]
-        pos = cache.positions(T, table[0].device)  # (B, T): each row its own positions
-        return table[0][pos], table[1][pos]        # (B, T, 1, hd)
 
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. load GPT-2's 1024 but train at 256): keep the first positions."""
@@ -625,78 +564,20 @@ class GPT(nn.Module):
         return torch.cat([idx, torch.stack(new, dim=1).to(idx.device)], dim=1)
 
     def generate_stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        generator=None, use_cache=True, context_window=None, window_chunk=1,
-                        kv_cache_dtype='auto', kv_budget=0, kv_sink=0):
+                        **settings):
         """
-        Yield the next token of every row, (B,) int64, max_new_tokens times (smallgpt/generate.py).
-
-        prompts: a (B, T) tensor or a list of B token lists (lengths may differ: left-padded).
-        Each token is predicted from at most `context_window` (default block_size) tokens back:
-        - learned positions crop the context exactly as nanoGPT does. With the cache, once the
-          window is full the last `context_window - window_chunk + 1` tokens are prefilled
-          again and `window_chunk - 1` cached steps follow. window_chunk=1 (default) is exact
-          (a full-window prefill per token past the window: a position table leaves no cheaper
-          exact way); larger chunks amortise it, but the context shrinks to
-          context_window - window_chunk + 1 right after each re-prefill.
-        - rope/none positions never re-read the context: every layer attends to its last
-          context_window (or attn_window) tokens, one token of work per step, however long the
-          sequence gets; that is forward(whole sequence, band=context_window).
-        use_cache=False is the reference: a full forward per token (nanoGPT's loop; rope/none:
-        the banded forward over the whole sequence).
-        Compressed caches (README: How low can the KV cache go): kv_cache_dtype 'int8', 'fp8'
-        or 'int4' stores K/V quantised ('auto': as computed); kv_budget > 0 keeps that many
-        tokens per layer (heavy hitters plus a recent window); kv_sink > 0 keeps the first
-        tokens when a rope/none model's cache rolls past context_window.
+        Yield the next token of every row, (B,) int64, max_new_tokens times. prompts: a (B, T)
+        tensor or a list of B token lists (ragged ones are left-padded). The other settings
+        (generator, use_cache, context_window, window_chunk, kv_cache_dtype, kv_budget, kv_sink),
+        their defaults and the decode loop: smallgpt/generate.py's generate_stream.
         """
         return generate.generate_stream(self, prompts, max_new_tokens, temperature, top_k, top_p,
-                                      generator=generator, use_cache=use_cache,
-                                      context_window=context_window, window_chunk=window_chunk,
-                                      kv_cache_dtype=kv_cache_dtype, kv_budget=kv_budget,
-                                      kv_sink=kv_sink)
-
-
-class XLMemory:
-    """TransformerXL's memory for one batch of rows: per K/V set, the keys (before the rotary
-    turn) and values of the last `size` tokens these rows went through, detached, so gradients
-    stop at the segment boundary. GPT.forward(idx, memory=m) reads it and moves it on; reset()
-    when the rows' text starts over (what is held no longer comes before the next segment).
-    size 0 holds nothing, and a forward with it is the plain forward."""
-
-    def __init__(self, size):
-        assert size >= 0, f"memory size {size} must be >= 0"
-        self.size = size
-        self.reset()
-
-    def reset(self):
-        self.k, self.v = {}, {}  # K/V set -> (B, n_kv_head, length, hd)
-        self.length = 0
-
-    def read(self, slot):
-        return self.k.get(slot), self.v.get(slot)
-
-    def write(self, slot, k, v):
-        """Keep the last `size` of k, v (B, n_kv_head, S, hd): the memory and the new segment."""
-        start = k.size(2) - min(self.size, k.size(2))  # not [-size:]: size 0 must keep nothing
-        self.k[slot], self.v[slot] = k[:, :, start:].detach(), v[:, :, start:].detach()
-
-    def advance(self, T):
-        self.length = min(self.size, self.length + T)
-
-    def state_dict(self):
-        """The memory on the CPU, for a checkpoint (exact resume)."""
-        return {'size': self.size, 'length': self.length,
-                'k': {s: t.cpu() for s, t in self.k.items()}, 'v': {s: t.cpu() for s, t in self.v.items()}}
-
-    def load_state_dict(self, state, device):
-        assert state['size'] == self.size, f"memory of {state['size']} tokens, expected {self.size}"
-        self.length = state['length']
-        self.k = {s: t.to(device) for s, t in state['k'].items()}
-        self.v = {s: t.to(device) for s, t in state['v'].items()}
+                                        **settings)
 
 
 def set_fast_cpu(model, enabled):
-    """Turn this file's CPU speed-ups (Dropout's mask, the batched-matmul attention path) on or
-    off for one model; off is torch's own kernels, as nanoGPT runs on a CPU."""
+    """Turn the CPU speed-ups (smallgpt/fast_cpu.py's Dropout, attention's batched matmuls) on
+    or off for one model; off is torch's own kernels, as nanoGPT runs on a CPU."""
     for module in model.modules():
         if isinstance(module, (Dropout, CausalSelfAttention)):
             module.fast_cpu = enabled

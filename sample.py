@@ -38,6 +38,7 @@ seed = 1337
 device = 'auto'  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
 dtype = 'auto'  # auto (CPU: float32, fastest for decoding; GPU: bf16/fp16), float32, bfloat16, float16
 compile = False  # torch.compile the model (pays off only for long generations)
+weights_dtype = 'float32'  # weights for decoding: float32, bfloat16 or int8 (per-row scales): fewer bytes per token, faster on a CPU (docs/performance.md)
 use_cache = True  # KV cache; False recomputes the whole context per token (nanoGPT's way)
 context_window = 0  # tokens of context each prediction sees (0 = block_size, + xl_memory if trained with it)
 window_chunk = 1  # past the window: 1 = exact nanoGPT cropping, more = faster (see README)
@@ -52,18 +53,15 @@ configure(globals(), echo=False)  # stdout is only the generated text
 
 from model import GPT  # noqa: E402
 from smallgpt.checkpoint import load_model  # noqa: E402
-from smallgpt.device import autocast_context, pick_device, pick_dtype  # noqa: E402
+from smallgpt.quantize import quantize_weights  # noqa: E402
+from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype  # noqa: E402
+from smallgpt.errors import fail  # noqa: E402
 from smallgpt.generate import TextSample, decode_samples  # noqa: E402
 from smallgpt.tokenizer import EOT_TEXT, Tokenizer, encode_prompt  # noqa: E402
 from smallgpt.interactive import setting_error  # noqa: E402
 from smallgpt.lines import is_line_dataset  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 def unescape(text):
@@ -82,7 +80,7 @@ for _name, _value in settings.items():  # before loading anything: a typo costs 
 # ----------------------------------------------------------------------------- model + vocab
 try:
     device = pick_device(device)
-    device_type = 'cuda' if 'cuda' in device else device
+    device_type = device_type_of(device)
     dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
 except ValueError as e:
     fail(e)
@@ -91,6 +89,10 @@ ctx = autocast_context(device_type, dtype)
 try:
     model, meta, train_config = load_model(GPT, init_from, out_dir, checkpoint_name, device)
 except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
+    fail(e)
+try:
+    quantize_weights(model, weights_dtype)
+except ValueError as e:
     fail(e)
 xl_memory = (train_config or {}).get('xl_memory', 0)
 if xl_memory and not context_window:

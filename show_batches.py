@@ -26,10 +26,11 @@ steps = 3  # consecutive batches to print
 start_step = 0  # the first training step shown
 seed = 1337  # train.py's seed (data_order='random' only)
 # -----------------------------------------------------------------------------
-from configurator import configure, fail  # noqa: E402
+from configurator import configure  # noqa: E402
 
 configure(globals(), echo=False)
 
+from smallgpt.errors import fail  # noqa: E402
 from smallgpt.tokenizer import Tokenizer  # noqa: E402
 from smallgpt.dataloader import count_tokens, load_meta, sample_batch, sequential_starts  # noqa: E402
 

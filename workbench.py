@@ -36,12 +36,13 @@ if REPO not in sys.path:  # imported from an install: model.py (the one students
 
 from model import GPT  # noqa: E402  (after the line above)
 from smallgpt.checkpoint import load_model
+from smallgpt.quantize import quantize_weights
 from smallgpt.generate import TextSample, decode_samples
 from smallgpt.metrics import evaluate_lines, evaluate_tokens, line_accuracy, token_byte_lengths
 from smallgpt.interactive import prompt_loop, setting_error
 from smallgpt.lines import LineDataset, is_line_dataset
 from smallgpt.runlog import read_log
-from smallgpt.device import autocast_context, pick_device, pick_dtype
+from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype
 from smallgpt.tokenizer import Tokenizer, encode_prompt
 from smallgpt.dataloader import load_meta
 from smallgpt.prepare import read_utf8
@@ -62,13 +63,15 @@ def dataset_dir(dataset):
     return dataset if os.sep in dataset or '/' in dataset else os.path.join(DATA, dataset)
 
 
-def _arguments(options):
-    """--key=value for each option; True is a bare --flag and False leaves it out (argparse)."""
+def _arguments(options, flags=True):
+    """--key=value for each option. flags=True (prepare.py's argparse): True is a bare --flag
+    and False leaves it out. flags=False (train.py's configurator, where a bare --flag is an
+    error and a left-out key keeps its default, often True): --key=True and --key=False."""
     args = []
     for key, value in options.items():
-        if value is True:
+        if flags and value is True:
             args.append(f'--{key}')
-        elif value is not False and value is not None:
+        elif not (flags and value is False) and value is not None:
             args.append(f'--{key}={value}')
     return args
 
@@ -108,11 +111,20 @@ class Run(list):
         return load(self.out_dir, checkpoint_name=checkpoint_name, **options)
 
 
-def _config_value(config_file, key, default):
-    """A setting as a config file (plain assignments) leaves it."""
-    namespace = {}
-    exec(read_utf8(config_file), namespace)
-    return namespace.get(key, default)
+def _dry_run_setting(args, cwd, key):
+    """A setting as the train.py command `args` would run with it. train.py reads its own
+    config files and --key=value (NANOGPT_DRY_RUN=1: print the settings, exit before any work),
+    so a config file that builds on train.py's defaults (cpu_small.py reads out_dir) means what
+    it means on the command line, and no config file runs in this process."""
+    import ast
+    done = subprocess.run(args, cwd=cwd, env=dict(os.environ, NANOGPT_DRY_RUN='1'),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"train.py failed (exit {done.returncode}): {_tail(done.stderr)}")
+    values = [line.split(' = ', 1)[1] for line in done.stdout.splitlines()
+              if line.startswith(f'  {key} = ')]
+    assert values, f"train.py's dry run printed no {key}: {done.stdout[-500:]}"
+    return ast.literal_eval(values[-1])
 
 
 def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5, on_line=None,
@@ -133,11 +145,10 @@ def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5,
         if not found:
             raise FileNotFoundError(f"config file {config_file!r} not found in {cwd} or {REPO}")
         args.append(found[0])
-        out_dir = out_dir or _config_value(found[0], 'out_dir', None)
+    args += _arguments(overrides, flags=False)
+    if config_file and not out_dir:
+        out_dir = _dry_run_setting(args, cwd, 'out_dir')
     out_dir = os.path.join(cwd, out_dir or 'out')  # train.py's default out_dir is 'out'
-    # configurator.py reads --key=True / --key=False (a bare --flag is an error there, and
-    # leaving False out would keep train.py's default): every setting goes as --key=value
-    args += [f'--{key}={value}' for key, value in overrides.items() if value is not None]
     csv_path = os.path.join(out_dir, 'log.csv')
     started = time.time()
     rows = []
@@ -189,25 +200,28 @@ def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5,
 
 
 # ----------------------------------------------------------------------------- a loaded model
-def load(source='out', checkpoint_name='ckpt.pt', device='cpu', dtype='float32'):
+def load(source='out', checkpoint_name='ckpt.pt', device='cpu', dtype='float32', weights_dtype='float32'):
     """A run folder written by train.py (its checkpoint_name), or GPT-2 ('gpt2', 'gpt2-xl', ...)
-    or a Hugging Face folder (it has a config.json): a Model with its tokenizer."""
+    or a Hugging Face folder (it has a config.json): a Model with its tokenizer. weights_dtype
+    'int8' or 'bfloat16' stores the weights in fewer bytes for faster decoding (sample.py's)."""
     is_hf = source.startswith('gpt2') or os.path.isfile(os.path.join(source, 'config.json'))
     device = pick_device(device)
-    device_type = 'cuda' if 'cuda' in device else device
+    device_type = device_type_of(device)
     dtype = pick_dtype(dtype, device_type, quiet=True, training=False)
     model, meta, config = load_model(GPT, source if is_hf else 'resume', source, checkpoint_name,
                                      device)
+    quantize_weights(model, weights_dtype)
     return Model(model, Tokenizer.from_meta(meta), meta, config or {},
-                 autocast_context(device_type, dtype))
+                 autocast_context(device_type, dtype), weights_dtype)
 
 
 class Model:
     """A model, its tokenizer and what it was trained with (config: train.py's settings)."""
 
-    def __init__(self, model, tokenizer, meta, config, ctx):
+    def __init__(self, model, tokenizer, meta, config, ctx, weights_dtype='float32'):
         self.model, self.tokenizer, self.meta, self.config, self.ctx = \
             model, tokenizer, meta, config, ctx
+        self.weights_dtype = weights_dtype  # what quantize_weights stored them as
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                              f"{model.config.vocab_size}: a checkpoint of another vocabulary")
@@ -330,14 +344,14 @@ class Model:
                     scored = self.accuracy(dataset, split, separator=lines.separator,
                                            batch_size=batch_size)
                     result.update(accuracy=scored['accuracy'], correct=scored['correct'])
-                return result
+                return dict(result, weights_dtype=self.weights_dtype)
             import numpy as np
             ids = np.memmap(os.path.join(folder, f'{split}.bin'), dtype=np.dtype(meta['dtype']),
                             mode='r')
         result = evaluate_tokens(self.model, ids, block_size, stride or block_size, batch_size,
                                  byte_lengths, self.ctx, progress=progress, max_windows=max_windows)
         result.update(block_size=block_size, stride=stride or block_size)
-        return result
+        return dict(result, weights_dtype=self.weights_dtype)
 
     def accuracy(self, dataset=None, split='test', count=None, separator=None, batch_size=256,
                  progress=False):

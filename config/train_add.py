@@ -3,7 +3,7 @@
 #   python train.py config/train_add.py                      # about 3 CPU-minutes on one core
 #   python eval.py --out_dir=out-add --split=test            # loss and accuracy on 1,000 new sums
 # Measured here: 99.4% of the 1,000 test sums (ckpt.pt), 100% with last.pt
-# (README: What can a tiny transformer learn).
+# (docs/lines.md: What can a tiny transformer learn).
 
 out_dir = 'out-add'
 dataset = 'add'

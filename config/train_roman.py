@@ -2,7 +2,8 @@
 #   python data/roman/prepare.py
 #   python train.py config/train_roman.py                    # about 4 CPU-minutes on one core
 #   python eval.py --out_dir=out-roman --split=test          # loss and accuracy on 400 new numbers
-# Measured here: 100% of the 400 test numbers (README: What can a tiny transformer learn).
+# Measured here: 100% of the 400 test numbers (docs/lines.md: What can a tiny
+# transformer learn).
 
 out_dir = 'out-roman'
 dataset = 'roman'

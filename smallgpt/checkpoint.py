@@ -1,6 +1,7 @@
 """
-Checkpoint files: written atomically and loaded safely (GPT.from_checkpoint in model.py turns one
-back into a model).
+Checkpoint files: what goes into one (run_checkpoint, gather_run_state), written atomically and
+loaded safely, and what comes out of one when a run continues (restore_run). GPT.from_checkpoint
+in model.py turns one back into a model.
 
 A checkpoint is a dict saved with torch.save. It keeps nanoGPT's keys (`model`, `optimizer`,
 `model_args`, `iter_num`, `best_val_loss`, `config`) so either repo reads the other's files, and
@@ -14,14 +15,16 @@ import time
 import warnings
 
 import torch
+import torch.distributed as dist
 
 from smallgpt.dataloader import load_meta
+from smallgpt.errors import UserError
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, above smallgpt/
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that can't be used; the message is one line that names the file."""
 
 
@@ -52,26 +55,6 @@ def save_checkpoint(obj, path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def remove_stale_temp_files(folder):
-    """Delete '<name>.pt.tmp.<pid>' files whose writer is gone (a kill during save_checkpoint
-    leaves one behind, as big as a checkpoint); return their names."""
-    removed = []
-    for name in sorted(os.listdir(folder)):
-        stem, _, pid = name.rpartition(".tmp.")
-        if not (stem.endswith(".pt") and pid.isdigit()):
-            continue
-        try:
-            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-            continue  # still running: maybe another run writing into the same folder
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OSError):
-            continue  # exists (another user's process), or we can't tell: leave it
-        os.remove(os.path.join(folder, name))
-        removed.append(name)
-    return removed
 
 
 def missing_checkpoint_message(path):
@@ -137,6 +120,63 @@ def clean_state_dict(state):
             continue  # buffers, not weights (never '.c_attn.bias', which ends differently)
         out[k] = v
     return out
+
+
+def gather_run_state(model, optimizer, streams, world_size=1, sharded=False):
+    """What rank 0 saves of a run: the model and optimizer state (under FSDP gathered from the
+    shards into full tensors on rank 0) and every rank's random streams (runstate.RandomStreams),
+    one entry per rank. Under torchrun every rank must call this: it is collective."""
+    if sharded:
+        from smallgpt.distributed import full_state  # FSDP's imports cost a second: only when sharded
+        model_state, optimizer_state = full_state(model, optimizer)
+    else:
+        model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
+    rng = [None] * world_size
+    if world_size > 1:
+        dist.all_gather_object(rng, streams.state())
+    else:
+        rng[0] = streams.state()
+    return {"model": model_state, "optimizer": optimizer_state, "rng": rng}
+
+
+def run_checkpoint(state, scaler, model_args, iter_num, best_val_loss, config, meta):
+    """The dict train.py writes: nanoGPT's keys, then what an exact resume needs."""
+    return {
+        "model": state["model"],
+        "optimizer": state["optimizer"],
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "model_args": model_args,
+        "iter_num": iter_num,
+        "best_val_loss": best_val_loss,
+        "config": config,
+        "meta": meta,  # the vocabulary, so sample.py works without the data folder
+        "rng": state["rng"],  # one entry per rank
+        "world_size": len(state["rng"]),
+    }
+
+
+def restore_run(checkpoint, optimizer, scaler, streams, rank=0, world_size=1, seed=1337,
+                sharded_model=None):
+    """Continue the run `checkpoint` holds, in one place: the AdamW state, the loss scaler, the
+    random streams (`streams`, runstate.RandomStreams: this rank's, or a fresh dropout seed when
+    the number of processes changed) and the counters; returns (iter_num, best_val_loss).
+    The weights came in with the model (GPT.from_checkpoint), before a longer block_size grew
+    its position table from the learned rows; `sharded_model`: that model under FSDP."""
+    iter_num = checkpoint["iter_num"]
+    best_val_loss = float(checkpoint["best_val_loss"])
+    implementation = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    fit_optimizer_state(checkpoint["optimizer"], optimizer)  # wpe rows added or cropped since
+    if sharded_model is not None:  # the full state of any run, each rank keeping its shards
+        from smallgpt.distributed import load_optimizer_state
+        load_optimizer_state(sharded_model, optimizer, checkpoint["optimizer"])
+    else:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    for group, chosen in zip(optimizer.param_groups, implementation):
+        group.update(chosen)  # the saved groups carry the saving run's choice; keep this run's
+    if checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    streams.continue_from(checkpoint.get("rng"), rank, world_size, reseed=seed + rank + iter_num)
+    return iter_num, best_val_loss
 
 
 def fit_optimizer_state(opt_state, optimizer):

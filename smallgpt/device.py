@@ -5,12 +5,15 @@ quick matmul benchmark for the device's peak FLOP/s (the denominator of MFU).
 Shared by train.py, sample.py and bench.py so all three pick the same device and dtype.
 """
 
+import inspect
 import os
 import sys
 import time
 from contextlib import nullcontext
 
 import torch
+
+from smallgpt.errors import UserError, is_main_process
 
 PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -24,12 +27,18 @@ def pick_device(device="auto"):
             return "mps"
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but torch sees no CUDA GPU; use --device=cpu "
+        raise UserError(f"device={device!r} but torch sees no CUDA GPU; use --device=cpu "
                          f"(or install a CUDA build of torch)")
     if device == "mps" and not (getattr(torch.backends, "mps", None)
                                 and torch.backends.mps.is_available()):
-        raise ValueError("device='mps' but this torch has no MPS support; use --device=cpu")
+        raise UserError("device='mps' but this torch has no MPS support; use --device=cpu")
     return device
+
+
+def device_type_of(device):
+    """'cuda' for 'cuda' or 'cuda:1', else the name before any ':' ('cpu', 'mps'): the kind of
+    device that torch.autocast, GradScaler and the fused optimizers ask for."""
+    return "cuda" if "cuda" in device else device.split(":")[0]
 
 
 CPU_BF16_ENV = "NANOGPT_CPU_BF16"  # 1 / 0: answer the bf16 check below yes / no on any CPU
@@ -45,7 +54,7 @@ def cpu_has_fast_bf16():
     if forced in ("0", "1"):
         return forced == "1"
     if forced:
-        raise ValueError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 units), 0 (none) or leave it unset")
+        raise UserError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 units), 0 (none) or leave it unset")
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -68,7 +77,7 @@ def pick_dtype(dtype, device_type, quiet=False, training=True):
             note("this CPU has no bf16 matrix units: running in float32 (bf16 would be slower)")
         return "float32"
     if dtype not in PTDTYPE:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     if dtype == "float16" and device_type == "cpu":
         note("float16 on a CPU is slow and needs loss scaling; bfloat16 or float32 is better")
     return dtype
@@ -109,7 +118,8 @@ def reuse_freed_memory():
 
 
 def note(message):
-    if os.environ.get("RANK", "0") == "0":
+    """A one-line remark on stderr (rank 0 only): a setting adjusted, a slower path taken."""
+    if is_main_process():
         print(f"note: {message}", file=sys.stderr)
 
 
@@ -122,7 +132,7 @@ def sync(device_type):
 
 def measure_peak_flops(device, dtype, size=2048, seconds=0.5):
     """Best achieved FLOP/s of a square matmul in `dtype` (the run's compute dtype)."""
-    device_type = "cuda" if "cuda" in device else device
+    device_type = device_type_of(device)
     a = torch.randn(size, size, device=device, dtype=PTDTYPE[dtype])
     b = torch.randn(size, size, device=device, dtype=PTDTYPE[dtype])
     best = float("inf")
@@ -135,3 +145,75 @@ def measure_peak_flops(device, dtype, size=2048, seconds=0.5):
         sync(device_type)
         best = min(best, time.perf_counter() - t0)
     return 2 * size ** 3 / best
+
+
+def cached_peak_flops(device, dtype, size):
+    """measure_peak_flops, measured once per machine and remembered: the half-second benchmark
+    would otherwise delay every run's start (the MFU it feeds is a rough figure anyway). The
+    cache is a small JSON file, ~/.cache/smallgpt/peak_flops.json (XDG_CACHE_HOME honoured),
+    keyed by the processor, dtype, thread count and torch version; delete it to measure again.
+    Where it can't be read or written, this just measures."""
+    import json
+    import platform
+    device_type = "cuda" if "cuda" in device else device
+    if device_type == "cuda":
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((line.split(":", 1)[1].strip() for line in f
+                             if line.startswith("model name")), name)
+        except OSError:
+            pass
+    key = f"{name}|{device_type}|{dtype}|{torch.get_num_threads()} threads|torch {torch.__version__}|{size}"
+    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "smallgpt")
+    path = os.path.join(cache_dir, "peak_flops.json")
+    try:
+        with open(path) as f:
+            table = json.load(f)
+        if isinstance(table.get(key), (int, float)) and table[key] > 0:
+            return float(table[key])
+    except (OSError, ValueError, AttributeError):
+        table = {}
+    flops = measure_peak_flops(device, dtype, size=size)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        table = table if isinstance(table, dict) else {}
+        table[key] = flops
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(table, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return flops
+
+
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW, without importing torch._dynamo (a second's start-up) when nothing is
+    compiled. torch wraps Optimizer.step in a function that imports torch._dynamo at every call
+    (to place graph breaks for torch.compile) and a few Optimizer methods in one that imports it
+    at the first call. Eagerly, step is the same update under no_grad: the same kernels and
+    numbers (tests/test_bench.py checks both, bit for bit, and that dynamo stays unimported).
+    With compile=True, train.py uses torch.optim.AdamW itself."""
+
+    def step(self, closure=None):
+        with torch.no_grad():
+            # the innermost function: torch.optim.AdamW.step may already carry torch's
+            # profiling wrapper (added when any AdamW was built) around the dynamo one
+            return inspect.unwrap(torch.optim.AdamW.step)(self, closure)
+
+    @staticmethod
+    def skip_dynamo_wrappers():
+        """Mark the methods torch wraps with its lazy dynamo import as already handled: their
+        plain function is what runs eagerly anyway."""
+        for method in (torch.optim.Optimizer.add_param_group, torch.optim.Optimizer.zero_grad,
+                       torch.optim.Optimizer.state_dict, torch.optim.Optimizer.load_state_dict):
+            plain = getattr(method, "__wrapped__", None)
+            if plain is not None and not hasattr(plain, "__dynamo_disable"):
+                setattr(plain, "__dynamo_disable", plain)
+
+    def __init__(self, *args, **kwargs):
+        self.skip_dynamo_wrappers()
+        super().__init__(*args, **kwargs)

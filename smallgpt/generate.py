@@ -28,17 +28,35 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=None,
                     generator=None, use_cache=True, context_window=None, window_chunk=1,
                     kv_cache_dtype='auto', kv_budget=0, kv_sink=0):
     """
-    An iterator of the next token of every row, (B,) int64, max_new_tokens times. See
-    GPT.generate_stream for the arguments. Not a generator itself: a bad setting raises here,
-    at the call, before a caller has printed anything.
+    An iterator of the next token of every row, (B,) int64, max_new_tokens times (what
+    GPT.generate_stream returns). Not a generator itself: a bad setting raises here, at the
+    call, before a caller has printed anything.
+
+    prompts: a (B, T) tensor or a list of B token lists (lengths may differ: left-padded).
+    Each token is predicted from at most `context_window` (default block_size) tokens back:
+    - learned positions crop the context exactly as nanoGPT does. With the cache, once the
+      window is full the last `context_window - window_chunk + 1` tokens are prefilled
+      again and `window_chunk - 1` cached steps follow. window_chunk=1 (default) is exact
+      (a full-window prefill per token past the window: a position table leaves no cheaper
+      exact way); larger chunks amortise it, but the context shrinks to
+      context_window - window_chunk + 1 right after each re-prefill.
+    - rope/none positions never re-read the context: every layer attends to its last
+      context_window (or attn_window) tokens, one token of work per step, however long the
+      sequence gets; that is forward(whole sequence, band=context_window).
+    use_cache=False is the reference: a full forward per token (nanoGPT's loop; rope/none:
+    the banded forward over the whole sequence).
+    Compressed caches (README: How low can the KV cache go): kv_cache_dtype 'int8', 'fp8'
+    or 'int4' stores K/V quantised ('auto': as computed); kv_budget > 0 keeps that many
+    tokens per layer (heavy hitters plus a recent window); kv_sink > 0 keeps the first
+    tokens when a rope/none model's cache rolls past context_window.
     """
     seqs = [list(map(int, row)) for row in (prompts.tolist() if torch.is_tensor(prompts)
                                             else prompts)]
     if any(len(s) == 0 for s in seqs):
         raise ValueError("every prompt needs at least one token")
-    window, cache = _setup(model, len(seqs), use_cache, context_window, window_chunk,
-                           kv_cache_dtype, kv_budget, kv_sink)
-    return _decode(model, seqs, max_new_tokens, cache, window, window_chunk,
+    context_window, cache = _setup(model, len(seqs), use_cache, context_window, window_chunk,
+                                   kv_cache_dtype, kv_budget, kv_sink)
+    return _decode(model, seqs, max_new_tokens, cache, context_window, window_chunk,
                    lambda logits: sample_next(logits.float(), temperature, top_k, top_p,
                                               generator))
 
@@ -50,32 +68,33 @@ def teacher_forced(model, ids, context_window=None, window_chunk=1, kv_cache_dty
     generate_stream, as if each had been sampled: returns the summed cross-entropy (nats) of
     predicting ids[:, 1:] and the cache at the end (its nbytes() after L tokens)."""
     B, L = ids.shape
-    window, cache = _setup(model, B, True, context_window, window_chunk, kv_cache_dtype,
-                           kv_budget, kv_sink)
+    context_window, cache = _setup(model, B, True, context_window, window_chunk, kv_cache_dtype,
+                                   kv_budget, kv_sink)
     targets, nll = ids[:, 1:].to(model.lm_head.weight.device), []
 
     def forced(logits):
         nll.append(F.cross_entropy(logits.float(), targets[:, len(nll)], reduction='sum'))
         return targets[:, len(nll) - 1]
 
-    for _ in _decode(model, ids[:, :1].tolist(), L - 1, cache, window, window_chunk, forced):
+    for _ in _decode(model, ids[:, :1].tolist(), L - 1, cache, context_window, window_chunk, forced):
         pass
     return torch.stack(nll).sum().item(), cache
 
 
 def _setup(model, batch_size, use_cache, context_window, window_chunk, kv_cache_dtype,
            kv_budget, kv_sink):
-    """Check the settings; return the context window and a cache (None without one)."""
+    """Check the settings; return the context window in tokens (context_window, or block_size
+    if unset) and a cache (None without one)."""
     cfg = model.config
-    window = context_window or cfg.block_size
+    context_window = context_window or cfg.block_size
     if cfg.pos_emb == 'learned':  # a position table has block_size rows: no further back
-        window = min(window, cfg.block_size)
+        context_window = min(context_window, cfg.block_size)
     # rope/none may look further back than block_size: a model trained with xl_memory=M saw
     # block_size + M tokens back; any other model then reads at distances it never trained on
-    if window < 1:
+    if context_window < 1:
         raise ValueError(f"context_window must be >= 1, got {context_window}")
-    if not 1 <= window_chunk <= window:
-        raise ValueError(f"window_chunk must be in [1, {window}], got {window_chunk}")
+    if not 1 <= window_chunk <= context_window:
+        raise ValueError(f"window_chunk must be in [1, {context_window}], got {window_chunk}")
     if kv_cache_dtype not in CACHE_DTYPES:
         raise ValueError(f"kv_cache_dtype must be one of {', '.join(CACHE_DTYPES)}, "
                          f"got {kv_cache_dtype!r}")
@@ -87,30 +106,32 @@ def _setup(model, batch_size, use_cache, context_window, window_chunk, kv_cache_
     if kv_sink and cfg.pos_emb == 'learned':
         raise ValueError("kv_sink needs pos_emb 'rope' or 'none': a learned-position model "
                          "re-reads its last block_size tokens past block_size, with no sinks")
-    if kv_sink >= window or (kv_budget and kv_sink >= min(kv_budget, window)):
-        raise ValueError(f"kv_sink={kv_sink} must be smaller than the context window ({window}) "
-                         f"and kv_budget ({kv_budget or 'off'})")
+    if kv_sink >= context_window or (kv_budget and kv_sink >= min(kv_budget, context_window)):
+        raise ValueError(f"kv_sink={kv_sink} must be smaller than the context window "
+                         f"({context_window}) and kv_budget ({kv_budget or 'off'})")
     if not use_cache:
-        return window, None
+        return context_window, None
     if cfg.attention == 'linear':  # a fixed-size state, no window: every token sees all before
         if kv_cache_dtype != 'auto' or kv_budget or kv_sink:
             raise ValueError("kv_cache_dtype, kv_budget and kv_sink shape a KV cache; a model with "
                              "attention='linear' keeps a fixed-size state instead: leave them unset")
-        return window, LinearState.for_model(cfg, batch_size)
-    return window, KVCache.for_model(cfg, batch_size, window, kv_cache_dtype, kv_budget, kv_sink)
+        return context_window, LinearState.for_model(cfg, batch_size)
+    return context_window, KVCache.for_model(cfg, batch_size, context_window, kv_cache_dtype,
+                                             kv_budget, kv_sink)
 
 
 @torch.inference_mode()  # cheaper than no_grad: no version counters on decode tensors
-def _decode(model, seqs, steps, cache, window, window_chunk, pick):
+def _decode(model, seqs, steps, cache, context_window, window_chunk, pick):
     """The decode loop: `steps` times, the logits of every row's next token, (B, V), go to
     pick, whose (B,) tokens are appended to seqs (lists, grown in place) and yielded."""
     device = model.lm_head.weight.device
     crop = model.config.pos_emb == "learned"  # a position table: the context must start again at 0
     for _ in range(steps):
         if cache is None:
-            logits = _reference_logits(model, seqs, window, crop)
-        elif cache.length == 0 or (crop and cache.length >= window):
-            keep = window if cache.length == 0 or window_chunk == 1 else window - window_chunk + 1
+            logits = _reference_logits(model, seqs, context_window, crop)
+        elif cache.length == 0 or (crop and cache.length >= context_window):
+            keep = context_window if cache.length == 0 or window_chunk == 1 \
+                else context_window - window_chunk + 1
             # rope/none: the whole prompt is prefilled (banded), nothing is ever cropped
             idx, pad = _left_pad([s[-keep:] if crop else s for s in seqs], device)
             cache.reset(pad)
@@ -124,15 +145,16 @@ def _decode(model, seqs, steps, cache, window, window_chunk, pick):
         yield nxt
 
 
-def _reference_logits(model, seqs, window, crop):
+def _reference_logits(model, seqs, context_window, crop):
     """No cache, rows one by one if ragged. Learned positions: nanoGPT's step, a forward over
-    the last `window` tokens. rope/none: a forward over the whole sequence where every layer
-    sees at most `window` tokens back, which is what the cache computes one token at a time."""
+    the last `context_window` tokens. rope/none: a forward over the whole sequence where every
+    layer sees at most `context_window` tokens back, which is what the cache computes one token
+    at a time."""
     device = model.lm_head.weight.device
-    band = 0 if crop or model.config.attention == "linear" else window
+    band = 0 if crop or model.config.attention == "linear" else context_window
 
     def run(rows):
-        idx = torch.tensor([s[-window:] if crop else s for s in rows], dtype=torch.long,
+        idx = torch.tensor([s[-context_window:] if crop else s for s in rows], dtype=torch.long,
                            device=device)
         return model(idx, band=band)[0]
 

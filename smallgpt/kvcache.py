@@ -1,13 +1,18 @@
 """
-What a decoding model keeps between steps (generate.py fills it; model.py's attention reads it):
+What a model keeps from earlier tokens: while decoding, between steps (generate.py makes it);
+while training with xl_memory, between segments (train.py makes it). model.py's attention hands
+each its new keys and values and gets back what to attend to; the bookkeeping is all here.
 
 - KVCache: per set of keys/values (one per kv_share group of layers), a ring buffer of at most
   the tokens its layers may see, so a windowed layer's memory stays at its window however long
-  the sequence grows.
+  the sequence grows. update() stores the new keys and returns the keys, values and mask.
 - Int8Store, Fp8Store, Int4Store: compressed storage for those buffers (kv_cache_dtype), read
   back as floats; EvictingKVCache: a cache that keeps chosen tokens instead of the newest ones
   (kv_budget: heavy hitters plus a recent window; kv_sink: the first tokens stay).
 - LinearState: what a linear-attention model keeps instead (a fixed-size state per layer).
+- XLMemory: TransformerXL's memory, the last xl_memory tokens' keys and values, detached.
+
+What it is not: attention itself (model.py) or the decode loop (generate.py).
 """
 
 import math
@@ -119,15 +124,15 @@ class Int4Store:
         return self.codes.numel() + self.scale.numel() * 2
 
 
-def make_store(cache_dtype, shape, dtype, device, keys):
-    """An empty K (keys=True) or V buffer of `shape` in format `cache_dtype`."""
-    if cache_dtype == 'auto':  # what the model computes in: a plain tensor, as before
+def make_store(kv_cache_dtype, shape, dtype, device, keys):
+    """An empty K (keys=True) or V buffer of `shape` in format `kv_cache_dtype`."""
+    if kv_cache_dtype == 'auto':  # what the model computes in: a plain tensor, as before
         return torch.zeros(shape, dtype=dtype, device=device)
-    if cache_dtype == 'int8':
+    if kv_cache_dtype == 'int8':
         return Int8Store(shape, dtype, device)
-    if cache_dtype == 'fp8':
+    if kv_cache_dtype == 'fp8':
         return Fp8Store(shape, dtype, device)
-    assert cache_dtype == 'int4', cache_dtype
+    assert kv_cache_dtype == 'int4', kv_cache_dtype
     return Int4Store(shape, dtype, device, rotate=keys)
 
 
@@ -137,11 +142,11 @@ def store_nbytes(buf):
     return buf.numel() * buf.element_size() if torch.is_tensor(buf) else buf.nbytes()
 
 
-def roundtrip(cache_dtype, x, keys):
+def roundtrip(kv_cache_dtype, x, keys):
     """x (B, h, T, hd) as a store of that format would give it back."""
-    if cache_dtype == 'auto':
+    if kv_cache_dtype == 'auto':
         return x
-    store = make_store(cache_dtype, tuple(x.shape), x.dtype, x.device, keys)
+    store = make_store(kv_cache_dtype, tuple(x.shape), x.dtype, x.device, keys)
     store[:, :, :] = x
     return store[:, :, :]
 
@@ -155,38 +160,41 @@ class KVCache:
     are stored after the rotary turn, so each keeps the rotation of its own position. `length`
     counts the slots written so far (the same for every row). Rows with shorter prompts are
     left-padded: `pad[b]` pad slots lead row b; they are masked out and skipped by positions.
-    `context` is the furthest back a full layer looks (block_size or sample.py's context_window).
-    `cache_dtype` is the storage format (make_store); 'auto' keeps what the model computes.
+    `context_window` is the furthest back a full layer looks (block_size or sample.py's
+    context_window). `kv_cache_dtype` is the storage format (make_store); 'auto' keeps what the
+    model computes.
     """
 
-    wants_scores = False  # EvictingKVCache with a budget: attention hands it its probabilities
-
-    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context=None,
-                 cache_dtype='auto'):
+    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context_window=None,
+                 kv_cache_dtype='auto'):
         self.capacities = list(capacities)
         self.shape = (batch_size, n_kv_head, head_dim)
-        self.context = context or max(self.capacities)
-        self.cache_dtype = cache_dtype
+        self.context_window = context_window or max(self.capacities)
+        self.kv_cache_dtype = kv_cache_dtype
         n_sets = len(self.capacities)
         self.k, self.v = [None] * n_sets, [None] * n_sets  # allocated on first write
         # where the keys the last write(slot) returned sit: None = slots 0..S-1 in order, an int
         # m = a full ring after m writes (built only if a mask needs it), else a (S,) tensor
         self.key_pos = [None] * n_sets
+        self.rope_table = None  # rotary (cos, sin) of positions 0..n-1, made by the first rope()
         self.reset()
 
     @staticmethod
-    def for_model(config, batch_size, context, cache_dtype='auto', budget=0, sink=0):
-        """A cache for `config`'s layers where full layers see `context` tokens: each K/V set
-        gets the widest view among the layers that read it. budget or sink > 0: an
-        EvictingKVCache that keeps `budget` tokens per set and/or the first `sink` tokens."""
+    def for_model(config, batch_size, context_window, kv_cache_dtype='auto', kv_budget=0,
+                  kv_sink=0):
+        """A cache for `config`'s layers where full layers see `context_window` tokens: each K/V
+        set gets the widest view among the layers that read it. kv_budget or kv_sink > 0: an
+        EvictingKVCache that keeps kv_budget tokens per set and/or the first kv_sink tokens."""
         capacities = []
         for group in range(config.kv_groups):
             layers = range(group * config.kv_share, min((group + 1) * config.kv_share, config.n_layer))
-            capacities.append(max(min(config.layer_window(i) or context, context) for i in layers))
-        shape = (capacities, batch_size, config.kv_heads, config.n_embd // config.n_head, context,
-                 cache_dtype)
-        if budget or sink:
-            return EvictingKVCache(*shape, n_head=config.n_head, budget=budget, sink=sink)
+            capacities.append(max(min(config.layer_window(i) or context_window, context_window)
+                                  for i in layers))
+        shape = (capacities, batch_size, config.kv_heads, config.n_embd // config.n_head,
+                 context_window, kv_cache_dtype)
+        if kv_budget or kv_sink:
+            return EvictingKVCache(*shape, n_head=config.n_head, kv_budget=kv_budget,
+                                   kv_sink=kv_sink)
         return KVCache(*shape)
 
     def reset(self, pad=None):
@@ -202,8 +210,8 @@ class KVCache:
     def _allocate(self, slot, k, slots):
         """Empty K and V stores of `slots` tokens for set `slot`, in k's dtype (autocast's)."""
         B, nkv, hd = self.shape
-        self.k[slot] = make_store(self.cache_dtype, (B, nkv, slots, hd), k.dtype, k.device, True)
-        self.v[slot] = make_store(self.cache_dtype, (B, nkv, slots, hd), k.dtype, k.device, False)
+        self.k[slot] = make_store(self.kv_cache_dtype, (B, nkv, slots, hd), k.dtype, k.device, True)
+        self.v[slot] = make_store(self.kv_cache_dtype, (B, nkv, slots, hd), k.dtype, k.device, False)
 
     def positions(self, T, device):
         """Position ids for the next T tokens: (T,) or, with padding, (B, T)."""
@@ -211,6 +219,31 @@ class KVCache:
         if self.pad is not None:
             pos = (pos[None, :] - self.pad[:, None]).clamp(min=0)
         return pos
+
+    def update(self, slot, q, k, v, attn_window, write=True):
+        """What T new queries q (B, n_head, T, hd) of a layer reading set `slot` attend to:
+        (keys, values, mask), the keys and values (B, n_kv_head, S, hd) being the stored ones
+        and the new k, v (B, n_kv_head, T, hd), which are stored first (write=False: the set's
+        first layer already did, and k, v are what it got back). mask is attn_mask's."""
+        if write:
+            k, v = self.write(slot, k, v)
+        return k, v, self.attn_mask(q.size(2), q.device, attn_window, slot)
+
+    def rope(self, T, device, angles):
+        """Rotary (cos, sin) of the next T positions (per row if padded) from angles(pos),
+        model.py's rope_angles, read from a table made once and grown by doubling: a decode step
+        costs two slices instead of six kernels."""
+        top = self.length + T
+        if self.rope_table is None or self.rope_table[0].size(0) < top:
+            size = self.rope_table[0].size(0) if self.rope_table else self.context_window
+            n = max(top, 2 * size)
+            with torch.inference_mode(False):  # a normal tensor, though made while sampling
+                self.rope_table = angles(torch.arange(n, device=device))  # (n, 1, hd) each
+        cos, sin = self.rope_table
+        if self.pad is None:  # every row at the same positions: views of the table
+            return cos[self.length:top], sin[self.length:top]
+        pos = self.positions(T, device)  # (B, T): each row its own positions
+        return cos[pos], sin[pos]        # (B, T, 1, hd)
 
     def write(self, slot, k, v):
         """Store k, v (B, n_kv_head, T, hd) of the next T positions in set `slot`; return the
@@ -234,13 +267,14 @@ class KVCache:
         # only the newest `cap` of them are kept
         new_pos = torch.arange(n, n + T, device=k.device)
         if n == 0:
-            keys, values = roundtrip(self.cache_dtype, k, True), roundtrip(self.cache_dtype, v, False)
+            keys = roundtrip(self.kv_cache_dtype, k, True)
+            values = roundtrip(self.kv_cache_dtype, v, False)
             key_pos = None
         else:
             stored = min(n, cap)
             # the new tokens as the store will hold them, like the cached ones
-            keys = torch.cat([kbuf[:, :, :stored], roundtrip(self.cache_dtype, k, True)], dim=2)
-            values = torch.cat([vbuf[:, :, :stored], roundtrip(self.cache_dtype, v, False)], dim=2)
+            keys = torch.cat([kbuf[:, :, :stored], roundtrip(self.kv_cache_dtype, k, True)], dim=2)
+            values = torch.cat([vbuf[:, :, :stored], roundtrip(self.kv_cache_dtype, v, False)], dim=2)
             key_pos = torch.cat([self._ring_slots(n, cap, k.device)[:stored], new_pos])
         keep = min(T, cap)
         ring = new_pos[-keep:] % cap
@@ -256,12 +290,13 @@ class KVCache:
         i = torch.arange(cap, device=device)
         return (n - 1) - ((n - 1 - i) % cap)
 
-    def attn_mask(self, T, device, window, slot):
+    def attn_mask(self, T, device, attn_window, slot):
         """Boolean mask (True = may attend) for T new queries over the keys write(slot) returned,
         or None when plain causal attention is right. A query sees the keys of the last
-        min(window or context, context) slots, itself included, that are not padding."""
+        min(attn_window or context_window, context_window) slots, itself included, that are
+        not padding."""
         n = self.length
-        band = min(window or self.context, self.context)
+        band = min(attn_window or self.context_window, self.context_window)
         key_pos, cap = self.key_pos[slot], self.capacities[slot]
         S = n + T if key_pos is None else cap if isinstance(key_pos, int) else key_pos.numel()
         oldest = n + T - S  # keys are always the slots oldest .. n+T-1, in some order
@@ -292,14 +327,14 @@ class EvictingKVCache(KVCache):
     A KVCache that chooses which tokens to keep, per row and per K/V head, instead of keeping
     the newest `capacity` ones of a ring.
 
-    - budget > 0 (kv_budget, H2O: Zhang et al. 2023): each set keeps at most `budget` tokens.
+    - kv_budget > 0 (H2O: Zhang et al. 2023): each set keeps at most kv_budget tokens.
       Attention hands over its probabilities (observe); each token sums what every query of
       every layer of the set gave it. When a token must go, the newest half of the budget
       (less any sinks) stays, the recent window, and of the older tokens those with the largest
       sums stay.
-    - sink > 0 (kv_sink, attention sinks: Xiao et al. 2023): in a set that full layers read,
-      the first `sink` tokens stay for good; a full layer then sees them plus its last
-      context - sink tokens. Windowed layers never saw the first token in training, so their
+    - kv_sink > 0 (attention sinks: Xiao et al. 2023): in a set that full layers read, the
+      first kv_sink tokens stay for good; a full layer then sees them plus its last
+      context_window - kv_sink tokens. Windowed layers never saw the first token in training, so their
       view is the plain window.
 
     Tokens that no future query can see (out of every layer's band) go first. Kept tokens sit
@@ -308,14 +343,13 @@ class EvictingKVCache(KVCache):
     the same keys, in the same order, as KVCache.
     """
 
-    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context, cache_dtype='auto',
-                 n_head=None, budget=0, sink=0):
-        super().__init__(capacities, batch_size, n_kv_head, head_dim, context, cache_dtype)
-        self.budget, self.sink, self.n_head = budget, sink, n_head or n_kv_head
-        self.wants_scores = budget > 0
-        self.sizes = [min(budget, cap) if budget else cap for cap in self.capacities]
+    def __init__(self, capacities, batch_size, n_kv_head, head_dim, context_window,
+                 kv_cache_dtype='auto', n_head=None, kv_budget=0, kv_sink=0):
+        super().__init__(capacities, batch_size, n_kv_head, head_dim, context_window, kv_cache_dtype)
+        self.kv_budget, self.kv_sink, self.n_head = kv_budget, kv_sink, n_head or n_kv_head
+        self.sizes = [min(kv_budget, cap) if kv_budget else cap for cap in self.capacities]
         assert all(size > self.sinks(s) for s, size in enumerate(self.sizes)), \
-            f"kv_budget {budget} must exceed kv_sink {sink}"
+            f"kv_budget {kv_budget} must exceed kv_sink {kv_sink}"
 
     def reset(self, pad=None):
         super().reset(pad)
@@ -330,8 +364,16 @@ class EvictingKVCache(KVCache):
         return super().nbytes() + sum(store_nbytes(t) for t in self.slot_pos + self.score)
 
     def sinks(self, slot):
-        """Sink tokens of a set: only a set as wide as the context has full layers."""
-        return self.sink if self.capacities[slot] == self.context else 0
+        """Sink tokens of a set: only a set as wide as the context window has full layers."""
+        return self.kv_sink if self.capacities[slot] == self.context_window else 0
+
+    def update(self, slot, q, k, v, attn_window, write=True):
+        """KVCache.update; with a kv_budget, the queries' attention is added to the keys'
+        scores (observe), which decide what stays when the set is full."""
+        k, v, mask = super().update(slot, q, k, v, attn_window, write)
+        if self.kv_budget:
+            self.observe(slot, q, k, mask)
+        return k, v, mask
 
     def write(self, slot, k, v):
         n, T, held = self.length, k.size(2), self.count[slot]
@@ -344,8 +386,8 @@ class EvictingKVCache(KVCache):
             self.v[slot][:, :, held:held + T] = v
             keys, values = self.k[slot][:, :, :held + T], self.v[slot][:, :, :held + T]
         else:  # some must go after this step (advance); until then all are seen
-            keys = torch.cat([self.k[slot][:, :, :held], roundtrip(self.cache_dtype, k, True)], 2)
-            values = torch.cat([self.v[slot][:, :, :held], roundtrip(self.cache_dtype, v, False)], 2)
+            keys = torch.cat([self.k[slot][:, :, :held], roundtrip(self.kv_cache_dtype, k, True)], 2)
+            values = torch.cat([self.v[slot][:, :, :held], roundtrip(self.kv_cache_dtype, v, False)], 2)
         key_pos = new_pos if held == 0 else \
             torch.cat([self.slot_pos[slot][..., :held].long(), new_pos], -1)
         score = torch.zeros(key_pos.shape, device=k.device)
@@ -354,12 +396,12 @@ class EvictingKVCache(KVCache):
         self.pending[slot] = [keys, values, key_pos, score]
         return keys, values
 
-    def attn_mask(self, T, device, window, slot):
+    def attn_mask(self, T, device, attn_window, slot):
         """(B, n_head, T, S) mask over the keys write(slot) returned, or None when every query
         may see every key causally (so the attention is computed exactly as KVCache's)."""
         n, held = self.length, self.count[slot]
-        band = min(self.context, window or self.context)  # as KVCache's
-        sink = self.sink if band == self.context else 0  # sinks serve full layers only
+        band = min(self.context_window, attn_window or self.context_window)  # as KVCache's
+        sink = self.kv_sink if band == self.context_window else 0  # sinks serve full layers only
         if held == 0 and self.pad is None and T <= band:
             return None  # a fresh prefill inside the band: plain causal
         k_pos = self.pending[slot][2][:, :, None, :]                # (B, nkv, 1, S)
@@ -404,7 +446,7 @@ class EvictingKVCache(KVCache):
             real = key_pos >= first
             is_sink = real & (key_pos < first + sink)
             alive = real & (key_pos > nxt - (band - sink))  # some later query can still see it
-            if self.budget:  # heavy hitters, and the newest half of the budget for sure
+            if self.kv_budget:  # heavy hitters, and the newest half of the budget for sure
                 recent = key_pos >= nxt - (size - sink) // 2
                 priority = torch.where(recent, torch.inf, score)
             else:  # sinks alone: a ring after the sinks, the newest stay
@@ -477,3 +519,47 @@ class LinearState:
 
     def advance(self, T):
         self.length += T
+
+
+class XLMemory:
+    """
+    TransformerXL's memory for one batch of rows (train.py's xl_memory): per K/V set, the keys
+    (before the rotary turn) and values of the last `size` tokens these rows went through,
+    detached, so gradients stop at the segment boundary. GPT.forward(idx, memory=m) hands each
+    layer's new keys to update() and moves it on; reset() when the rows' text starts over (what
+    is held no longer comes before the next segment). size 0 holds nothing, and a forward with
+    it is the plain forward.
+    """
+
+    def __init__(self, size):
+        assert size >= 0, f"memory size {size} must be >= 0"
+        self.size = size
+        self.reset()
+
+    def reset(self):
+        self.k, self.v = {}, {}  # K/V set -> (B, n_kv_head, length, hd)
+        self.length = 0
+
+    def update(self, slot, k, v):
+        """The keys and values a segment's queries attend to: what set `slot` holds, then this
+        segment's k, v (B, n_kv_head, T, hd). The last `size` of them stay for the next one."""
+        if slot in self.k:
+            k = torch.cat([self.k[slot], k], dim=2)  # (B, n_kv_head, M + T, hd)
+            v = torch.cat([self.v[slot], v], dim=2)
+        start = k.size(2) - min(self.size, k.size(2))  # not [-size:]: size 0 must keep nothing
+        self.k[slot], self.v[slot] = k[:, :, start:].detach(), v[:, :, start:].detach()
+        return k, v
+
+    def advance(self, T):
+        self.length = min(self.size, self.length + T)
+
+    def state_dict(self):
+        """The memory on the CPU, for a checkpoint (exact resume)."""
+        return {'size': self.size, 'length': self.length,
+                'k': {s: t.cpu() for s, t in self.k.items()}, 'v': {s: t.cpu() for s, t in self.v.items()}}
+
+    def load_state_dict(self, state, device):
+        assert state['size'] == self.size, f"memory of {state['size']} tokens, expected {self.size}"
+        self.length = state['length']
+        self.k = {s: t.to(device) for s, t in state['k'].items()}
+        self.v = {s: t.to(device) for s, t in state['v'].items()}

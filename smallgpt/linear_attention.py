@@ -8,7 +8,8 @@ The division by phi(q_i)^T z_i (a weighted mean of the values, as softmax's rows
 what keeps it trainable: without it the output grows with the number of tokens seen. S (d x d)
 and z (d) per head are all a decoder has to keep, however long the sequence.
 
-Two forms of the same numbers, used by model.py (training, prefill) and generate.py (decoding):
+Two forms of the same numbers, used by model.py (training, prefill) and kvcache.py's LinearState
+(decoding):
 - causal_linear_attention: chunks of `chunk` tokens; inside a chunk the masked (T x T) scores,
   across chunks the running state. O(T * chunk * d + T * d^2) time, no T x T matrix.
 - linear_attention_step: one token, S and z updated in place of a KV cache.

@@ -5,11 +5,14 @@ lines.py: line datasets, where each line of a text file is one sample (GPTBench'
     python data/add/prepare.py --digits=2                                 # 12+34=46 -> data/add/
     python data/roman/prepare.py                                          # 1994=MCMXCIV -> data/roman/
 
-A line dataset is a character-level dataset (prepare.py) with a third split and one more key in
+A line dataset is a prepared dataset (prepare.py) with a third split and one more key in
 meta.json:
-    train.bin, val.bin, test.bin   each split's lines, every line's characters followed by the
+    train.bin, val.bin, test.bin   each split's lines, every line's tokens followed by the
                                    end-of-line token ('\\n'), one line after the other
     meta.json                      prepare.write_meta's keys, plus "lines" (see prepare_lines)
+Its tokens are characters by default; --tokenizer=bytes, bpe or tiktoken work too (prepare.py).
+Each line is encoded on its own and the end-of-line token appended, so no token ever holds the
+end of a line together with the start of the next; a BPE is learned from the train lines alone.
 
 Where the lines start is not stored: every line ends with the end-of-line token, so LineSplit
 finds the starts in the .bin itself, and they can never disagree with it. (The .bin files are
@@ -32,7 +35,9 @@ import numpy as np
 
 from smallgpt.dataloader import META_VERSION
 from smallgpt.tokenizer import Tokenizer
-from smallgpt.prepare import _shown, dtype_for_vocab, read_utf8, write_bins, write_meta
+from smallgpt.prepare import (_shown, check_tokenizer_arguments, dtype_for_vocab, insert_after,
+                              learned_tokenizer, output_folder, read_utf8, tokenizer_arguments,
+                              write_dataset)
 
 SPLITS = ("train", "val", "test")
 END_OF_LINE = "\n"
@@ -75,15 +80,18 @@ def encode_lines(lines, chars):
 
 
 def prepare_lines(dataset_dir, numbered_lines, source, answer_separator=None, val_fraction=0.1,
-                  test_fraction=0.1, shuffle=False, seed=1337, keep_repeats=False):
+                  test_fraction=0.1, shuffle=False, seed=1337, keep_repeats=False,
+                  tokenizer_args=None):
     """Write a line dataset into dataset_dir from [(line number, text)].
 
     Empty lines are dropped, and so are repeats of a line already seen (unless keep_repeats):
     a line in train and again in test would be a test problem the model has seen. The lines are
     then shuffled (a seeded permutation) if asked, and cut in that order into train, val, test.
+    tokenizer_args: the prepare script's --tokenizer, --vocab_size, --encoding (None: char).
     meta.json's "lines" holds: end_of_line, answer_separator (or null), the line count of each
-    split, and the longest line (characters, its number in the source, its text), which
-    train.py names when a line does not fit block_size."""
+    split, and the longest line in tokens (its characters, tokens, number in the source, text),
+    which train.py names when a line does not fit block_size."""
+    kind = tokenizer_args.tokenizer if tokenizer_args is not None else "char"
     kept, seen, empty, repeats = [], set(), 0, 0
     for number, line in numbered_lines:
         if not line:
@@ -112,32 +120,45 @@ def prepare_lines(dataset_dir, numbered_lines, source, answer_separator=None, va
     n_train, n_val, n_test = split_sizes(len(kept), val_fraction, test_fraction)
     parts = {"train": kept[:n_train], "val": kept[n_train:n_train + n_val],
              "test": kept[n_train + n_val:]}
+    texts = {split: [line for _, line in part] for split, part in parts.items()}
 
-    chars = sorted(set("".join(line for _, line in kept)) | {END_OF_LINE})
-    dtype = dtype_for_vocab(len(chars))
-    ids = {split: encode_lines([line for _, line in part], chars) for split, part in parts.items()}
-    write_bins(dataset_dir, ids["train"], ids["val"], dtype, test_ids=ids["test"])
-    number, longest = max(kept, key=lambda item: len(item[1]))
-    meta = {"version": META_VERSION, "tokenizer": "char", "vocab_size": len(chars), "dtype": dtype,
-            "chars": chars, "source": source,
-            **{f"{split}_tokens": len(ids[split]) for split in SPLITS},
+    if kind == "char":
+        chars = sorted(set("".join(line for _, line in kept)) | {END_OF_LINE})
+        fields = {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
+        ids = {split: encode_lines(lines, chars) for split, lines in texts.items()}
+        tokens = {split: [len(line) for line in lines] for split, lines in texts.items()}
+    else:
+        # a BPE learns from the train lines only, each a sequence of its own (no merge spans
+        # two lines, so none holds an end of line); the separator stays a token of its own
+        tokenizer, fields = learned_tokenizer(tokenizer_args, texts["train"], answer_separator)
+        eol = tokenizer.encode(END_OF_LINE)
+        assert len(eol) == 1, f"the end of line is {len(eol)} tokens in {tokenizer.name}"
+        encoded = {split: tokenizer.encode_batch(lines) for split, lines in texts.items()}
+        ids = {split: np.array([i for line in lines for i in (*line, eol[0])], dtype=np.int64)
+               for split, lines in encoded.items()}
+        tokens = {split: [len(line) for line in lines] for split, lines in encoded.items()}
+    dtype = dtype_for_vocab(fields["vocab_size"])
+    # the longest line in tokens, what block_size must hold; its number in the source file
+    split, index = max(((s, i) for s in SPLITS for i in range(len(tokens[s]))),
+                       key=lambda item: tokens[item[0]][item[1]])
+    number, longest = parts[split][index]
+    n_tokens = tokens[split][index]
+    meta = {"version": META_VERSION, **insert_after(fields, "vocab_size", {"dtype": dtype}),
+            "source": source,
             "lines": {"end_of_line": END_OF_LINE, "answer_separator": answer_separator,
                       **{f"{split}_lines": len(parts[split]) for split in SPLITS},
-                      "longest": {"characters": len(longest), "line": number, "text": longest[:80]}}}
-    write_meta(dataset_dir, meta)
-    print(f"vocab: {''.join(chars)!r} ({len(chars)} characters, the end of line included)")
+                      "longest": {"characters": len(longest), "tokens": n_tokens, "line": number,
+                                  "text": longest[:80]}}}
+    written = write_dataset(dataset_dir, ids, meta)
+    if kind == "char":
+        print(f"vocab: {''.join(chars)!r} ({len(chars)} characters, the end of line included)")
+    else:
+        print(f"vocab: {fields['vocab_size']:,} tokens ({kind})")
+    unit = "characters" if kind == "char" else "tokens"
     print(f"lines: train {n_train:,}, val {n_val:,}, test {n_test:,}; the longest has "
-          f"{len(longest)} characters (line {number}): train with block_size >= {len(longest)}")
-    print("wrote " + ", ".join(_shown(os.path.join(dataset_dir, name))
-                               for name in ("train.bin", "val.bin", "test.bin", "meta.json")))
+          f"{n_tokens} {unit} (line {number}): train with block_size >= {n_tokens}")
+    print("wrote " + ", ".join(_shown(path) for path in written))
     return meta
-
-
-def dataset_folder(name, data_root):
-    """--dataset=NAME: a folder under data/ (made if missing), or a path when NAME has a '/'."""
-    folder = name if os.sep in name or "/" in name else os.path.join(data_root, name)
-    os.makedirs(folder, exist_ok=True)
-    return folder
 
 
 def split_arguments(parser, shuffle_default):
@@ -153,6 +174,7 @@ def split_arguments(parser, shuffle_default):
     else:
         parser.add_argument("--shuffle", action="store_true",
                             help="shuffle the lines (seeded) before splitting; default: file order")
+    tokenizer_arguments(parser, "char")
 
 
 def prepare_charline(dataset_dir, argv=None):
@@ -167,24 +189,28 @@ def prepare_charline(dataset_dir, argv=None):
                         help="keep lines that repeat an earlier line (they may land in two splits)")
     split_arguments(parser, shuffle_default=False)
     args = parser.parse_args(argv)
-    folder = dataset_folder(args.dataset, os.path.dirname(dataset_dir)) if args.dataset else dataset_dir
+    check_tokenizer_arguments(args)
+    folder = output_folder(args.dataset, os.path.dirname(dataset_dir)) if args.dataset else dataset_dir
     numbered = read_lines(args.input)
     if numbered and numbered[-1][1] == "":
         numbered.pop()  # the newline that ends the file does not start another line
     print(f"reading {_shown(args.input)}: {len(numbered):,} lines")
     return prepare_lines(folder, numbered, source=args.input, answer_separator=args.answer_separator,
                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                         shuffle=args.shuffle, seed=args.seed, keep_repeats=args.keep_repeats)
+                         shuffle=args.shuffle, seed=args.seed, keep_repeats=args.keep_repeats,
+                         tokenizer_args=args)
 
 
 def prepare_task(dataset_dir, lines, args, answer_separator, source):
     """A generated task (data/add, data/roman): every line is a distinct problem, so no problem
     is in two splits."""
     assert len(set(lines)) == len(lines), "a task generated the same problem twice"
-    folder = dataset_folder(args.dataset, os.path.dirname(dataset_dir)) if args.dataset else dataset_dir
+    check_tokenizer_arguments(args)
+    folder = output_folder(args.dataset, os.path.dirname(dataset_dir)) if args.dataset else dataset_dir
     return prepare_lines(folder, list(enumerate(lines, start=1)), source=source,
                          answer_separator=answer_separator, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, shuffle=args.shuffle, seed=args.seed)
+                         test_fraction=args.test_fraction, shuffle=args.shuffle, seed=args.seed,
+                         tokenizer_args=args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,7 +241,7 @@ class LineSplit:
             raise ValueError(f"{bin_path} does not end with the end-of-line token: not a line "
                              f"dataset's file; re-create it with its prepare.py")
         self.starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64) if len(ends) else ends
-        self.lengths = ends - self.starts  # characters, the end of line not counted
+        self.lengths = ends - self.starts  # tokens, the end of line not counted
         self.answer_starts = None  # per line, the offset of the answer's first token (set_answer)
 
     def __len__(self):
@@ -263,6 +289,7 @@ class LineDataset:
         self.data_dir, self.meta = data_dir, meta
         self.info = meta["lines"]
         self.tokenizer = Tokenizer.from_meta(meta)
+        self.unit = "characters" if meta["tokenizer"] == "char" else "tokens"  # in messages
         self.eol_id = self.tokenizer.encode(self.info["end_of_line"])[0]
         self.separator = self.info.get("answer_separator") or ""
         self.answer_only = False
@@ -286,11 +313,12 @@ class LineDataset:
         if not too_long:
             return
         longest = self.info["longest"]
+        n_tokens = longest.get("tokens", longest["characters"])  # written before bpe: characters
         source = _shown(self.meta["source"]) if os.path.isfile(str(self.meta.get("source"))) \
             else self.meta.get("source") or "the input"
         raise ValueError(f"{too_long} line(s) longer than block_size={block_size}: the longest is "
-                         f"line {longest['line']} of {source} ({longest['characters']} characters: "
-                         f"{longest['text']!r}); use --block_size={longest['characters']} or shorten it")
+                         f"line {longest['line']} of {source} ({n_tokens} {self.unit}: "
+                         f"{longest['text']!r}); use --block_size={n_tokens} or shorten it")
 
     def set_targets(self, loss_on, separator=""):
         """loss_on 'all' or 'answer'; separator '' = the dataset's own. ValueError when the

@@ -6,12 +6,10 @@ by the tests. About a minute on one CPU core.
     python -m pytest tests/test_api.py -v
 """
 
-import ast
 import json
 import os
 import subprocess
 import sys
-import tomllib
 
 import pytest
 

@@ -281,3 +281,63 @@ def test_kv_report_prints_every_column_for_every_row(char_dataset, tmp_path):
         assert table[name, "kv_budget=8"][0] == pytest.approx(full_bits / 4 * 136 / 128, rel=0.01)
     assert "quantisation error" in proc.stdout
     assert (tmp_path / "report" / "kv_frontier.png").stat().st_size > 10_000
+
+
+def test_peak_flops_is_measured_once_per_machine(tmp_path, monkeypatch):
+    """train.py's MFU denominator: the matmul benchmark runs on the first start only; the cached
+    figure comes back after, a changed thread count measures again, and an unwritable cache
+    folder just measures."""
+    from smallgpt import device
+    calls = []
+    monkeypatch.setattr(device, "measure_peak_flops", lambda dev, dtype, size: calls.append(size) or 1e9 * (len(calls)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert device.cached_peak_flops("cpu", "float32", 64) == 1e9
+    assert device.cached_peak_flops("cpu", "float32", 64) == 1e9 and calls == [64]
+    assert (tmp_path / "smallgpt" / "peak_flops.json").is_file()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert device.cached_peak_flops("cpu", "float32", 64) == 2e9
+    finally:
+        torch.set_num_threads(threads)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "smallgpt").write_text("a file where the folder should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "ro"))
+    assert device.cached_peak_flops("cpu", "float32", 64) == 3e9
+
+
+def test_eager_adamw_never_imports_dynamo_and_steps_like_torchs():
+    """smallgpt.device.AdamW (train.py without compile) leaves torch._dynamo unimported (a second
+    of start-up) and its steps, state_dict and load_state_dict equal torch.optim.AdamW's bit for
+    bit, fused and not, in a fresh interpreter where a plain AdamW is also built first."""
+    code = f"""
+import sys
+sys.path.insert(0, {REPO!r})
+import torch
+from smallgpt.device import AdamW
+
+def run(cls, fused):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    groups = [{{"params": [p for p in model.parameters() if p.dim() == 2], "weight_decay": 0.1}},
+              {{"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}}]
+    opt = cls(groups, lr=1e-2, betas=(0.9, 0.95), fused=fused)
+    for step in range(6):
+        loss = model(torch.randn(5, 8)).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step == 2:
+            opt.load_state_dict(opt.state_dict())
+    return [p.detach().clone() for p in model.parameters()]
+
+ours = [run(AdamW, fused) for fused in (True, False)]
+assert "torch._dynamo" not in sys.modules, "AdamW imported torch._dynamo"
+theirs = [run(torch.optim.AdamW, fused) for fused in (True, False)]
+assert all(torch.equal(a, b) for o, t in zip(ours, theirs) for a, b in zip(o, t))
+again = run(AdamW, True)  # after a plain AdamW exists (its step now carries torch's wrappers)
+assert all(torch.equal(a, b) for a, b in zip(again, theirs[0]))
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -323,3 +323,29 @@ def test_returned_config_is_the_final_namespace():
     assert config == {k: ns[k] for k in config}
     assert set(config) == set(train_defaults()) - {"__file__"}
     assert ns["batch_size"] == 3
+
+
+# ----------------------------------------------------------------------------- which keys were given
+
+def test_given_keys_are_what_files_and_the_command_line_set_even_to_the_default(tmp_path):
+    """return_given=True also returns the keys a config file assigns or --key=value sets, whatever
+    the value: block_size = 1024 and n_layer = 12 are train.py's defaults (and 12 is the very same
+    int object, which the file's 'changed' check can't tell apart), yet they were chosen. A
+    helper's local variable and a key only read are not given; an ignored key never is."""
+    cfg = write(tmp_path / "gpt2_like.py", "block_size = 1024\nn_layer = 12\n"
+                                           "def helper():\n    dropout = 0.5\n    return dropout\n"
+                                           "if True:\n    bias = False\n"
+                                           "max_iters = lr_decay_iters\n")
+    config, given = configurator.configure(train_defaults(), [cfg, "--learning_rate=6e-4"],
+                                           script=str(TRAIN), return_given=True)
+    assert config["block_size"] == 1024 and config["n_layer"] == 12  # the defaults' values
+    assert given == {"block_size", "n_layer", "bias", "max_iters", "learning_rate"}
+
+    _, given = configurator.configure(train_defaults(), [], script=str(TRAIN), return_given=True)
+    assert given == set()
+
+    ns = train_defaults()
+    ns.pop("block_size")  # a script without the key reads it from a shared config file, ignored
+    _, given = configurator.configure(ns, [cfg], script=str(TRAIN), ignore=("block_size",),
+                                      return_given=True)
+    assert "block_size" not in given and "n_layer" in given

@@ -85,11 +85,11 @@ def assert_window_off_by_one_shows(model, idx, reference):
     assert 1 < window < idx.size(1)
     for other in (window - 1, window + 1):
         for block in model.transformer.h:
-            block.attn.window = other
+            block.attn.attn_window = other
         diff = (our_logits(model, idx) - reference).abs().max().item()
         assert diff > 100 * TOL, f"window {other} instead of {window} moves logits by {diff:.1e}"
     for block in model.transformer.h:
-        block.attn.window = window
+        block.attn.attn_window = window
 
 
 def one_line_refusal(call):

@@ -1,5 +1,5 @@
 """
-Compressed KV caches (smallgpt/generate.py): int8/fp8/int4 storage (kv_cache_dtype), eviction by attention
+Compressed KV caches (smallgpt/kvcache.py): int8/fp8/int4 storage (kv_cache_dtype), eviction by attention
 score (kv_budget) and attention sinks (kv_sink).
 
     python -m pytest tests/test_kv_compression.py -q
@@ -57,8 +57,8 @@ def step_logits(model, ids, **cache_settings):
 
 # ----------------------------------------------------------------------------- storage formats
 
-@pytest.mark.parametrize("cache_dtype", ["int8", "int4"])
-def test_stored_codes_are_within_half_a_step_of_the_full_cache(cache_dtype):
+@pytest.mark.parametrize("kv_cache_dtype", ["int8", "int4"])
+def test_stored_codes_are_within_half_a_step_of_the_full_cache(kv_cache_dtype):
     """Layer 0's keys and values depend on the tokens alone, so the full cache and a quantised
     one fed the same tokens hold the same vectors there. Each stored number must be within half
     a quantisation step (its scale / 2) of the full cache's, read from the codes and scales in
@@ -67,11 +67,11 @@ def test_stored_codes_are_within_half_a_step_of_the_full_cache(cache_dtype):
     model = model_of(pos_emb="rope", n_kv_head=2)
     ids = tokens(BLOCK)
     _, full = step_logits(model, ids)
-    _, small = step_logits(model, ids, cache_dtype=cache_dtype)
+    _, small = step_logits(model, ids, kv_cache_dtype=kv_cache_dtype)
     B, nkv, hd = 2, 2, 64 // 4
     for keys, full_buf, store in ((True, full.k[0], small.k[0]), (False, full.v[0], small.v[0])):
         x = full_buf.float()                                     # (B, nkv, 16, hd)
-        if cache_dtype == "int8":
+        if kv_cache_dtype == "int8":
             step = store.scale.float()                           # (B, nkv, 16, 1)
             decoded = store.codes.float() * step
         else:
@@ -86,7 +86,7 @@ def test_stored_codes_are_within_half_a_step_of_the_full_cache(cache_dtype):
         assert bool((error <= step / 2 * (1 + 1e-3) + 1e-6).all()), (keys, (error - step / 2).max())
         assert bool((error > 0).any())  # the codes really are coarser than the floats
     slots = BLOCK * B * nkv * 2 * model.config.n_layer  # K and V of every layer, kv_share 1
-    per_slot = hd + 2 if cache_dtype == "int8" else hd // 2 + 2 * (hd // 32 or 1)
+    per_slot = hd + 2 if kv_cache_dtype == "int8" else hd // 2 + 2 * (hd // 32 or 1)
     assert small.nbytes() == slots * per_slot
     assert full.nbytes() == slots * hd * 4
 
@@ -105,10 +105,10 @@ def test_int4_store_packs_two_codes_per_byte():
     torch.testing.assert_close(store[:, :, 2:3][0, 0, 0], x[0, 0, 2])
 
 
-@pytest.mark.parametrize("cache_dtype, max_error, min_agree", [("int8", 0.05, 0.97),
+@pytest.mark.parametrize("kv_cache_dtype, max_error, min_agree", [("int8", 0.05, 0.97),
                                                                ("fp8", 0.25, 0.95),
                                                                ("int4", 1.0, 0.85)])
-def test_quantised_caches_keep_the_logits_close(cache_dtype, max_error, min_agree):
+def test_quantised_caches_keep_the_logits_close(kv_cache_dtype, max_error, min_agree):
     """The logits through a quantised cache against the full cache, every step of 3 x block_size
     tokens (the ring wraps), on a random 2-layer model. Stated bounds on the largest logit error,
     in units of the logits' std: each format's relative step on a K/V vector (int8 1/254 of its
@@ -119,10 +119,10 @@ def test_quantised_caches_keep_the_logits_close(cache_dtype, max_error, min_agre
     model = model_of(pos_emb="rope")
     ids = tokens(3 * BLOCK, seed=3)
     full, _ = step_logits(model, ids)
-    small, _ = step_logits(model, ids, cache_dtype=cache_dtype)
+    small, _ = step_logits(model, ids, kv_cache_dtype=kv_cache_dtype)
     relative = ((small - full).abs().max() / full.std()).item()
     agree = (small.argmax(-1) == full.argmax(-1)).float().mean().item()
-    print(f"{cache_dtype}: largest logit error {relative:.4f} of the logits' std, "
+    print(f"{kv_cache_dtype}: largest logit error {relative:.4f} of the logits' std, "
           f"greedy agreement {agree:.1%}")
     assert 0 < relative < max_error, relative
     assert agree >= min_agree, agree
@@ -161,7 +161,7 @@ def test_eviction_keeps_the_recent_window_and_each_keys_own_rotation():
     model = model_of(pos_emb="rope", n_kv_head=2)
     ids = tokens(BLOCK, seed=5)
     _, full = step_logits(model, ids)  # inside block_size: slot p holds position p
-    cache = KVCache.for_model(model.config, 2, BLOCK, budget=6)
+    cache = KVCache.for_model(model.config, 2, BLOCK, kv_budget=6)
     assert isinstance(cache, EvictingKVCache)
     evicted_somewhere = False
     with torch.no_grad():
@@ -188,7 +188,7 @@ def test_eviction_drops_the_least_attended_tokens():
     model = model_of(n_layer=1, n_head=1, n_embd=16, pos_emb="none", std=0.3, seed=3)
     ids = tokens(12, seed=7, batch=1)
     dropped_an_older_one = False  # not always the newest candidate: the scores decided
-    cache = KVCache.for_model(model.config, 1, BLOCK, budget=4)
+    cache = KVCache.for_model(model.config, 1, BLOCK, kv_budget=4)
     attn = model.transformer.h[0].attn
     with torch.no_grad():
         x = model.transformer.wte(ids)[0]                         # (12, 16): no positions
@@ -250,7 +250,7 @@ def test_sinks_change_nothing_inside_the_context():
     model = model_of(pos_emb="rope")
     ids = tokens(BLOCK, seed=9)
     plain, _ = step_logits(model, ids)
-    sunk, _ = step_logits(model, ids, sink=4)
+    sunk, _ = step_logits(model, ids, kv_sink=4)
     assert torch.equal(plain, sunk)
 
 

@@ -15,7 +15,6 @@ Each mechanism against a reference that does not run the code under test:
 Offline: the datasets are conftest's generated text; the models are tiny and random.
 """
 
-import math
 import os
 import sys
 
@@ -29,10 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from conftest import error_lines, run_script, run_train  # noqa: E402
 import smallgpt.dataloader  # noqa: E402
-from smallgpt.kvcache import LinearState  # noqa: E402
+from smallgpt.kvcache import LinearState, XLMemory  # noqa: E402
 from smallgpt.generate import _left_pad  # noqa: E402
 from smallgpt.linear_attention import causal_linear_attention, feature_map, linear_attention_step  # noqa: E402
-from model import GPT, GPTConfig, XLMemory  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 V = 23  # vocabulary of the model tests
 

@@ -193,10 +193,10 @@ def test_dropout_is_active_in_train_mode_only():
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fast_cpu_dropout_matches_dropouts_definition(p, dtype):
-    """model.Dropout's CPU mask: each element kept with probability 1 - p (within sampling
+    """smallgpt.fast_cpu.Dropout's CPU mask: each element kept with probability 1 - p (within sampling
     error of 1M draws), kept values scaled by 1/(1-p), the gradient uses the same mask, eval
     mode is the identity, and the torch random stream drives it (same seed, same mask)."""
-    from model import Dropout
+    from smallgpt.fast_cpu import Dropout
     drop = Dropout(p)
     x = torch.ones(1000, 1000, dtype=dtype, requires_grad=True)
     torch.manual_seed(0)

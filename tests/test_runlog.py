@@ -8,7 +8,6 @@ installed; the wandb test runs with WANDB_MODE=offline and is skipped when wandb
 """
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,13 +58,17 @@ def test_csv_columns_values_and_png(tmp_path):
     assert float(evaluation["lr"]) == 9e-4
     assert evaluation["loss"] == evaluation["ms_per_iter"] == evaluation["tokens_per_s"] == evaluation["mfu"] == ""
 
+    log.wait_for_plot()  # the first eval draws loss.png, in the background
     assert_png(tmp_path / "loss.png")
     assert not (tmp_path / "loss.png.tmp").exists()
     log.close()
     log.close()  # a second close is harmless
 
 
-def test_fresh_run_replaces_old_log(tmp_path):
+def test_fresh_run_keeps_old_log_aside(tmp_path):
+    """A new run in the folder of an earlier one: log.csv is the new run's alone (plot.py and the
+    workbench read one run from it), and the earlier rows are kept whole as log.1.csv rather than
+    truncated as they used to be (issue #26: nothing saved is lost)."""
     old = RunLog(str(tmp_path), CONFIG, plot=False)
     old.train(0, 9.0, 1e-3, 1.0, 1.0, None)
     old.close()
@@ -74,35 +77,38 @@ def test_fresh_run_replaces_old_log(tmp_path):
     new.close()
     _, rows = read_rows(tmp_path / "log.csv")
     assert [float(r["loss"]) for r in rows] == [5.0]
+    _, kept = read_rows(tmp_path / "log.1.csv")
+    assert [float(r["loss"]) for r in kept] == [9.0]
 
 
-def test_resume_drops_rows_from_resume_iter_on(tmp_path):
+def test_resume_carries_on_below_the_rows_before_resume_iter(tmp_path):
     """train.py logs the step that reaches iteration N, then checkpoints at N; a run resumed from
-    there evaluates N again and goes on with N+1. So the train row of N stays, the eval of N and
-    everything later goes."""
+    there evaluates N again and goes on with N+1. So log.csv keeps the train row of N, marks the
+    resume with a row of kind 'resume', and carries on. The eval of N and what came after it are
+    no longer deleted: the earlier log is kept whole as log.1.csv (issue #26)."""
     first = RunLog(str(tmp_path), CONFIG, plot=False)
     for iter_num in (0, 10, 20, 30):
         if iter_num % 20 == 0:
             first.eval(iter_num, 5.0 - iter_num / 100, 5.1 - iter_num / 100, 1e-3)
         first.train(iter_num, 6.0 - iter_num / 100, 1e-3, 50.0, 1000.0, None)
     first.close()
+    earlier = (tmp_path / "log.csv").read_bytes()
 
     resumed = RunLog(str(tmp_path), CONFIG, resume_iter=20, plot=False)
-    _, rows = read_rows(tmp_path / "log.csv")
-    assert [(r["iter"], r["kind"]) for r in rows] == [
-        ("0", "eval"), ("0", "train"), ("10", "train"), ("20", "train")]
-    assert not (tmp_path / "log.csv.tmp").exists()
-
+    assert (tmp_path / "log.csv").read_bytes() == earlier  # nothing moves before the first row
     resumed.eval(20, 1.5, 1.75, 5e-4)
     resumed.train(30, 1.25, 5e-4, 50.0, 1000.0, None)
     resumed.close()
     header, rows = read_rows(tmp_path / "log.csv")
     assert header == list(COLUMNS)
     assert [(r["iter"], r["kind"]) for r in rows] == [
-        ("0", "eval"), ("0", "train"), ("10", "train"), ("20", "train"), ("20", "eval"),
-        ("30", "train")]
+        ("0", "eval"), ("0", "train"), ("10", "train"), ("20", "train"), ("20", "resume"),
+        ("20", "eval"), ("30", "train")]
     assert float(rows[1]["loss"]) == 6.0 and float(rows[3]["loss"]) == 5.8  # kept as they were
-    assert float(rows[4]["val_loss"]) == 1.75 and float(rows[5]["loss"]) == 1.25  # the new ones
+    assert all(rows[4][name] == "" for name in COLUMNS[2:])  # the marker: iter and kind only
+    assert float(rows[5]["val_loss"]) == 1.75 and float(rows[6]["loss"]) == 1.25  # the new ones
+    assert (tmp_path / "log.1.csv").read_bytes() == earlier
+    assert not (tmp_path / "log.csv.tmp").exists()
 
 
 def test_resume_without_a_log_starts_one(tmp_path):
@@ -110,7 +116,8 @@ def test_resume_without_a_log_starts_one(tmp_path):
     log.train(100, 2.0, 1e-4, 1.0, 1.0, None)
     log.close()
     header, rows = read_rows(tmp_path / "log.csv")
-    assert header == list(COLUMNS) and [r["iter"] for r in rows] == ["100"]
+    assert header == list(COLUMNS)
+    assert [(r["iter"], r["kind"]) for r in rows] == [("100", "resume"), ("100", "train")]
 
 
 def test_missing_matplotlib_skips_plot_with_a_note(tmp_path, monkeypatch, capsys):

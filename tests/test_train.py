@@ -278,6 +278,32 @@ def test_resume_parity_exact(char_dataset, tmp_path):
             assert torch.equal(v, got["optimizer"]["state"][i][k]), (i, k)
 
 
+def test_block_size_1024_set_in_a_config_file_grows_a_resumed_model(trained_run, char_dataset, tmp_path):
+    """block_size = 1024 in a config file (config/train_gpt2.py's line) is the user's choice, though
+    it equals the default: a resumed 32-position model grows to 1024 positions. The same resume
+    that leaves block_size at its default keeps the model's own 32."""
+    config_file = tmp_path / "long_context.py"
+    config_file.write_text("block_size = 1024\n", encoding="utf-8")
+    for name, extra in (("grown", [str(config_file)]), ("kept", [])):
+        out_dir = copy_run(trained_run[0], tmp_path / name)
+        args = [a for a in train_args(char_dataset, out_dir, "--init_from=resume",
+                                      "--resume_checkpoint_name=last.pt", "--max_iters=21",
+                                      "--eval_interval=1000")
+                if not a.startswith("--block_size=")]  # TINY's --block_size=32 would be given too
+        result = run_script("train.py", *extra, *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        saved = load(out_dir / "last.pt")
+        assert saved["iter_num"] == 21
+        if name == "grown":
+            assert "992 new rows of wpe" in result.stderr, result.stderr
+            assert "micro-batch of 4 x 1024 tokens" in result.stdout
+            assert saved["model_args"]["block_size"] == 1024
+            assert saved["model"]["transformer.wpe.weight"].shape == (1024, 32)
+        else:
+            assert "block_size=1024 (the default) is more than the model's 32" in result.stderr
+            assert saved["model_args"]["block_size"] == 32
+
+
 def test_resume_without_saved_random_state_differs(char_dataset, tmp_path):
     """The control for the parity test: the same resume from a checkpoint stripped of its random
     state (as a nanoGPT checkpoint would be) does not reproduce the losses, so the parity test

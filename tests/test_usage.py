@@ -1,8 +1,10 @@
 """
-Every command line the README and the scripts' docstrings show must work as printed: the script
-exists, its config files exist, every --key is a setting of that script with a value of the right
-type. Checked in a dry mode (NANOGPT_DRY_RUN=1: configurator.py validates the command line, prints
-the settings and exits), so nothing is trained or downloaded. ~5 s.
+Every command line that README.md, the pages of docs/ and the scripts' docstrings show in a code
+block must work as printed: the script exists, its config files exist, every --key is a setting of
+that script with a value of the right type. Checked in a dry mode (NANOGPT_DRY_RUN=1:
+configurator.py validates the command line, prints the settings and exits), so nothing is trained
+or downloaded; argparse scripts are checked against their --help. Each test id starts with the
+file the line came from (README.md, docs/sampling.md, train.py ...). ~10 s.
 
     python -m pytest tests/test_usage.py -v
 """
@@ -20,7 +22,8 @@ import pytest
 from conftest import REPO
 
 CONFIGURED = {"train.py", "sample.py", "bench.py", "export.py", "eval.py", "show_batches.py"}  # scripts that use configurator.py
-ARGPARSE = {"plot.py"}  # and data/*/prepare.py
+ARGPARSE = {"plot.py", "tests/mutate.py"}  # and data/*/prepare.py
+DOCS = sorted((REPO / "docs").glob("*.md"))
 
 
 def docstring_lines(path):
@@ -33,9 +36,10 @@ def docstring_lines(path):
     return source[node.lineno - 1:node.end_lineno]
 
 
-def readme_code_lines():
+def code_block_lines(path):
+    """The lines inside the ``` code blocks of a Markdown file."""
     lines, inside = [], False
-    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
             inside = not inside
         elif inside:
@@ -55,7 +59,9 @@ def command_lines(lines):
 
 
 def all_commands():
-    sources = {"README.md": command_lines(readme_code_lines())}
+    sources = {"README.md": command_lines(code_block_lines(REPO / "README.md"))}
+    for path in DOCS:
+        sources[str(path.relative_to(REPO))] = command_lines(code_block_lines(path))
     scripts = sorted(REPO.glob("*.py")) + sorted(REPO.glob("data/*/prepare.py"))
     for path in scripts:
         sources[str(path.relative_to(REPO))] = command_lines(docstring_lines(path))
@@ -78,11 +84,24 @@ def split_command(line):
 
 
 def test_found_the_command_lines():
-    # a sanity check on the extraction itself: the quick start and a docstring line are in it
-    lines = [line for _, line in COMMANDS]
-    assert "python train.py config/train_don_char.py config/cpu_small.py" in lines
+    # a sanity check on the extraction itself: the README's one command per task, the docs pages'
+    # commands (each page named in its ids) and the scripts' docstrings are all in it
+    readme = [line for where, line in COMMANDS if where == "README.md"]
+    readme_commands = [split_command(line) for line in readme]  # (script, args), comments dropped
+    assert ("train.py", ["config/train_don_char.py", "config/cpu_small.py"]) in readme_commands
+    for script in ("data/don_char/prepare.py", "train.py", "sample.py", "eval.py", "export.py"):
+        assert any(s == script for s, _ in readme_commands), script
+    assert any(line.startswith("torchrun ") for line in readme)
+    assert len(readme) >= 6, readme
+    docs = [(where, line) for where, line in COMMANDS if where.startswith("docs/")]
+    assert len(docs) > 60, len(docs)
+    assert len({where for where, _ in docs}) >= 10, sorted({where for where, _ in docs})
+    assert ("docs/kv-compression.md", "python bench.py --mode=kv --out_dir=out-learned --out_dir=out-rope "
+            "--out_dir=out-gqa2 --out_dir=out-mqa --out_dir=out-sssl16 --out_dir=out-kvshare2 "
+            "--out_dir=out-none --out_dir=out-linear --out_dir=out-xl0 --out_dir=out-xl32 "
+            "--out_dir=out-xl64 --kv_sequences=8 --kv_length=256 --report_dir=assets") in docs
     assert any(where == "sample.py" for where, _ in COMMANDS)
-    assert len(COMMANDS) > 40, len(COMMANDS)
+    assert len(COMMANDS) > 120, len(COMMANDS)
 
 
 @pytest.mark.parametrize("where,line", COMMANDS, ids=[f"{w}: {l[:60]}" for w, l in COMMANDS])
@@ -90,7 +109,8 @@ def test_command_line_works_as_printed(where, line, monkeypatch, tmp_path):
     script, args = split_command(line)
     path = REPO / script
     assert path.is_file(), f"{where}: {line!r} runs {script}, which does not exist"
-    name = path.name if path.parent == REPO else "prepare.py"
+    relative = path.relative_to(REPO).as_posix()
+    name = "prepare.py" if re.fullmatch(r"data/[^/]+/prepare\.py", relative) else relative
     monkeypatch.chdir(REPO)  # as printed: from the repo root
     out = io.StringIO()
     if name in CONFIGURED:
@@ -124,7 +144,7 @@ def test_dry_run_catches_a_wrong_line(monkeypatch):
 
 
 def test_coming_from_another_fork_mappings(monkeypatch, tmp_path):
-    """The README's "Coming from another nanoGPT fork" table, checked: Hydra-style launch lines,
+    """docs/coming-from.md's tables, checked: Hydra-style launch lines,
     --dataset as a path, a prepare script run from data/, model.predict's equivalent."""
     import torch
     from model import GPT, GPTConfig

@@ -5,6 +5,7 @@ Addition problems as a line dataset: `12+34=46`, one per line, every pair of num
     python data/add/prepare.py --digits=2                 # writes data/add/
     python data/add/prepare.py --digits=2 --reverse       # answers written backwards: 12+39=15
     python data/add/prepare.py --digits=3 --problems=100000 --dataset=add3
+    python data/add/prepare.py --digits=3 --tokenizer=bpe --vocab_size=1024 --dataset=add3_bpe
 
 Generated here, offline; the problems are shuffled with --seed and cut 80/10/10 into train, val
 and test, so no problem is in two splits (12+34 and 34+12 are two problems). The answer

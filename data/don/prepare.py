@@ -4,11 +4,14 @@ Don Quixote (Project Gutenberg #996, Ormsby's translation) as GPT-2 BPE tokens (
     python data/don/prepare.py                  # from the repo root, or from any folder
     python data/don/prepare.py --input=PATH     # use a UTF-8 text file you already have (offline)
     python data/don/prepare.py --encoding=cl100k_base   # another tiktoken encoding (ids stored as uint32)
+    python data/don/prepare.py --tokenizer=bpe --vocab_size=2048 --dataset=don_bpe2k
+                                                # a BPE learned from this text: data/don_bpe2k/
 
 Reads data/don/input.txt (downloading it from the url below when missing), cleans it (BOM, CRLF,
 Project Gutenberg header/footer) and writes train.bin, val.bin and meta.json next to this file.
-The work is done by textdata.prepare_bpe, shared with the other BPE datasets. Offline, tiktoken
-needs its files cached: set TIKTOKEN_CACHE_DIR (see shared/data/README.md).
+The work is done by smallgpt/prepare.py (prepare_text), shared by every text dataset;
+--tokenizer=char|bytes|bpe|tiktoken picks the tokenizer (docs/tokenizers.md). Offline, tiktoken
+needs its files cached: set TIKTOKEN_CACHE_DIR (docs/gpt2.md).
 """
 
 import os

@@ -3,10 +3,12 @@ Don Quixote (Project Gutenberg #996, Ormsby's translation) at the character leve
 
     python data/don_char/prepare.py                  # from the repo root, or from any folder
     python data/don_char/prepare.py --input=PATH     # use a UTF-8 text file you already have (offline)
+    python data/don_char/prepare.py --tokenizer=bytes --dataset=don_bytes   # raw UTF-8 bytes instead
 
 Reads data/don_char/input.txt (downloading it from the url below when missing), cleans it (BOM, CRLF,
 Project Gutenberg header/footer) and writes train.bin, val.bin and meta.json next to this file.
-The work is done by prepare.prepare_char, shared with the other character-level datasets.
+The work is done by smallgpt/prepare.py (prepare_text), shared by every text dataset;
+--tokenizer=char|bytes|bpe|tiktoken picks the tokenizer (docs/tokenizers.md).
 """
 
 import os

@@ -22,6 +22,9 @@ EXPORTABLE_FIELDS = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", 
                      "gelu"}
 
 
+SUPPORTED_MODEL_TYPES = ("gpt2", "starcoder2")  # what model.py's GPT can be
+
+
 LOCAL_DIR_HINT = ("pass a local Hugging Face GPT-2 directory instead: --init_from=/path/to/dir "
                   "(holding config.json and model.safetensors or pytorch_model.bin)")
 
@@ -34,6 +37,37 @@ def _transformers():
         raise RuntimeError("Hugging Face weights need transformers; "
                            "run: pip install transformers") from None
     return transformers
+
+
+def read_config_json(hf_dir):
+    """A local folder's config.json as a dict, read as JSON: data, whatever it says."""
+    path = os.path.join(hf_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} can't be read as JSON ({e}); it must be the config.json that "
+                         f"save_pretrained writes") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a {type(config).__name__}, not a config (a JSON object)")
+    return config
+
+
+def refuse_foreign_model(name, config):
+    """One ValueError line for a config (the dict of a config.json) that model.py's GPT can't
+    be: another model_type, or any auto_map, which names Python code shipped with the model for
+    transformers to import. We never run it (trust_remote_code=False everywhere): only GPT-2 and
+    Starcoder2 load, with transformers' own classes."""
+    model_type = config.get("model_type")
+    if config.get("auto_map"):
+        raise ValueError(f"{name} asks to run its own Python code (auto_map in its config.json, "
+                         f"model_type {model_type!r}); code that comes with a model is never run "
+                         f"here: only Hugging Face GPT-2 and Starcoder2 load, with transformers' "
+                         f"own classes")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{name} is a {model_type!r} model; only Hugging Face GPT-2 "
+                         f"(model_type 'gpt2') and Starcoder2 ('starcoder2') load into "
+                         f"model.py's GPT")
 
 
 def _looks_like_path(name):
@@ -81,18 +115,40 @@ def gpt2_eot(vocab_size):
     return GPT2_EOT if vocab_size > GPT2_EOT else None
 
 
-def write_hf_folder(hf, state, hf_dir, vocab_size, tokenizer_dir=None):
-    """Load `state` into the freshly built HF model `hf` and save it to hf_dir, with the GPT-2
-    BPE tokenizer files when they can be found. Returns the tokenizer files written."""
+def write_hf_folder(hf, state, hf_dir, vocab_size, tokenizer_dir=None, tokenizer=None):
+    """Load `state` into the freshly built HF model `hf` and save it to hf_dir, with tokenizer
+    files: `tokenizer` (the model's own, smallgpt.tokenizer.Tokenizer) when it is a char, bytes
+    or BPE-of-its-own vocabulary, else GPT-2's BPE files when they can be found. Returns the
+    tokenizer files written."""
     # before writing anything, so a wrong tokenizer_dir leaves no half-written folder
-    bpe = find_gpt2_bpe(vocab_size, tokenizer_dir)
+    own = tokenizer.to_hf() if tokenizer is not None and not tokenizer_dir else None
+    if own is not None and tokenizer.vocab_size > vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                         f"{vocab_size}: the checkpoint's vocabulary is not this model's")
+    bpe = find_gpt2_bpe(vocab_size, tokenizer_dir) if own is None else None
     # strict: every HF tensor gets our value, so nothing is left at its random init
     hf.load_state_dict(state, strict=True)
     os.makedirs(hf_dir, exist_ok=True)
     hf.save_pretrained(hf_dir)
     assert os.path.isfile(os.path.join(hf_dir, "model.safetensors")), \
         f"transformers {_transformers().__version__} did not write {hf_dir}/model.safetensors"
+    if own is not None:
+        return write_own_tokenizer(hf_dir, own, tokenizer.eot_token is not None)
     return write_gpt2_tokenizer(hf_dir, *bpe) if bpe else []
+
+
+def write_own_tokenizer(hf_dir, hf_tokenizer, has_eot):
+    """tokenizer.json + tokenizer_config.json of a tokenizers.Tokenizer, for AutoTokenizer.
+    clean_up_tokenization_spaces=False: transformers would otherwise glue ' .' into '.' when
+    decoding, and the text would no longer be what the model wrote."""
+    from smallgpt.tokenizer import EOT_TEXT
+
+    fast = _transformers().PreTrainedTokenizerFast(
+        tokenizer_object=hf_tokenizer, clean_up_tokenization_spaces=False,
+        **({"eos_token": EOT_TEXT} if has_eot else {}))
+    saved = fast.save_pretrained(hf_dir)
+    return sorted({os.path.basename(p) for p in saved if os.path.basename(p).startswith("tok")
+                   or os.path.basename(p) == "special_tokens_map.json"})
 
 
 def _bpe_files_in(tokenizer_dir):
@@ -147,6 +203,7 @@ def write_gpt2_tokenizer(hf_dir, vocab_path, merges_path):
     shutil.copyfile(merges_path, os.path.join(hf_dir, "merges.txt"))
     # tokenizer.json + tokenizer_config.json: what AutoTokenizer reads first; <|endoftext|> is
     # the GPT2 tokenizer's default bos/eos/unk token
-    tokenizer = _transformers().GPT2TokenizerFast.from_pretrained(hf_dir, local_files_only=True)
+    tokenizer = _transformers().GPT2TokenizerFast.from_pretrained(hf_dir, local_files_only=True,
+                                                                  trust_remote_code=False)
     saved = tokenizer.save_pretrained(hf_dir)
     return sorted({"vocab.json", "merges.txt", *(os.path.basename(p) for p in saved)})

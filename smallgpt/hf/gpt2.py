@@ -25,7 +25,8 @@ Vocabulary: a model trained on GPT-2 BPE with the vocabulary padded to 50304 exp
 rows are never an input, and training only ever pushes their logits down, so they are dead weight.
 Tokenizer files (vocab.json, merges.txt, tokenizer.json) are written when GPT-2 BPE files can
 be found: from `tokenizer_dir` (encoder.json + vocab.bpe, or vocab.json + merges.txt) or from
-the local Hugging Face cache of 'gpt2'. Nothing here touches the network except loading a model
+the local Hugging Face cache of 'gpt2'. A model of a char, bytes or own-BPE dataset gets its
+own tokenizer.json instead (`tokenizer`, common.write_own_tokenizer). Nothing here touches the network except loading a model
 by its hub name.
 
 transformers is imported inside the functions, so model.py works without it.
@@ -159,14 +160,14 @@ def hf_state_dict_from_ours(model, hf_keys_and_shapes):
     return state
 
 
-def save_hf_gpt2(model, hf_dir, tokenizer_dir=None):
+def save_hf_gpt2(model, hf_dir, tokenizer_dir=None, tokenizer=None):
     """Write `model` to hf_dir as a Hugging Face GPT-2 (config.json, model.safetensors) that
     GPT2LMHeadModel.from_pretrained(hf_dir) loads without warnings, plus tokenizer files when
     they can be found (see the module docstring). Returns the tokenizer files written."""
     hf = _transformers().GPT2LMHeadModel(hf_config_from_ours(model.config))
     hf_shapes = {k: v.shape for k, v in hf.state_dict().items()}
     state = hf_state_dict_from_ours(model, hf_shapes)
-    return write_hf_folder(hf, state, hf_dir, model.config.vocab_size, tokenizer_dir)
+    return write_hf_folder(hf, state, hf_dir, model.config.vocab_size, tokenizer_dir, tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------

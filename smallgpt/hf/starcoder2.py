@@ -209,11 +209,11 @@ def starcoder2_state_dict_from_ours(model, hf_keys_and_shapes):
     return state
 
 
-def save_hf_starcoder2(model, hf_dir, tokenizer_dir=None):
+def save_hf_starcoder2(model, hf_dir, tokenizer_dir=None, tokenizer=None):
     """Write `model` to hf_dir as a Hugging Face Starcoder2 (config.json, model.safetensors) that
     AutoModelForCausalLM.from_pretrained(hf_dir) loads without warnings, plus the GPT-2 BPE
     tokenizer files when they can be found. Returns the tokenizer files written."""
     hf = _transformers().Starcoder2ForCausalLM(starcoder2_config_from_ours(model.config))
     hf_shapes = {k: v.shape for k, v in hf.state_dict().items()}
     state = starcoder2_state_dict_from_ours(model, hf_shapes)
-    return write_hf_folder(hf, state, hf_dir, model.config.vocab_size, tokenizer_dir)
+    return write_hf_folder(hf, state, hf_dir, model.config.vocab_size, tokenizer_dir, tokenizer)

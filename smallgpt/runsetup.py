@@ -1,0 +1,234 @@
+"""
+train.py's setup, one step per function: check the settings, open the dataset, start the
+processes (torchrun) and pick the device, then fit the model to the run (vocabulary, block_size,
+the variant settings a resumed or GPT-2 model can't take) and warn before a new run replaces an
+old run's checkpoints. Each step raises UserError with one line that names the fix, so train.py
+stops before any work with `error: ...` (smallgpt/errors.py).
+
+The model is handed in (model.py's GPT): this package never imports model.py.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from smallgpt.checkpoint import peek_checkpoint
+from smallgpt.dataloader import PreparedDataset, count_tokens, load_meta
+from smallgpt.device import device_type_of, note, pick_device, pick_dtype
+from smallgpt.errors import UserError, is_main_process
+from smallgpt.lines import LineDataset, is_line_dataset
+
+
+def check_settings(config):
+    """The settings train.py can check on their own, before reading anything."""
+    for name in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps',
+                 'batch_size', 'block_size'):
+        if config[name] < 1:
+            raise UserError(f"{name}={config[name]} must be at least 1")
+    if config['eval_accuracy'] < 0:
+        raise UserError(f"eval_accuracy={config['eval_accuracy']} can't be negative (0 = off)")
+    if config['data_order'] not in ('random', 'sequential'):
+        raise UserError(f"data_order={config['data_order']!r}: use 'random' or 'sequential'")
+    xl_memory = config['xl_memory']
+    if xl_memory < 0 or (xl_memory and config['data_order'] != 'sequential'):
+        raise UserError(f"xl_memory={xl_memory} carries keys/values from one step to the next, so "
+                        f"it needs --data_order=sequential (and xl_memory >= 0)")
+    if config['checkpoint_interval'] < 0 or config['max_iters'] < 0:
+        raise UserError(f"checkpoint_interval={config['checkpoint_interval']} and max_iters="
+                        f"{config['max_iters']} can't be negative")
+    if config['parallel'] not in ('ddp', 'fsdp'):
+        raise UserError(f"parallel={config['parallel']!r}: use 'ddp' or 'fsdp'")
+    out_dir = config['out_dir']
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out_dir={out_dir} is a file, not a folder; pass another --out_dir")
+
+
+def open_dataset(dataset, repo, loss_on='all', answer_separator='', eval_accuracy=0,
+                 data_order='random'):
+    """The prepared dataset `dataset` names: a folder under repo/data/ (nanoGPT's way), else a
+    folder path. Checked before any process group or device is set up: a mistake is one line,
+    at once, naming the prepare command when the dataset ships one."""
+    data_dir = os.path.join(repo, 'data', dataset)
+    if not os.path.isdir(data_dir) and os.path.isdir(dataset):
+        data_dir = dataset
+    prepare = os.path.join('data', dataset, 'prepare.py')
+    has_prepare = os.path.isfile(os.path.join(repo, prepare))
+    if os.path.isfile(dataset):
+        raise UserError(f"--dataset={dataset} is a file; --dataset takes a prepared folder (train.bin, "
+                        f"val.bin) or a name under data/. For a text file: python "
+                        f"data/don_char/prepare.py --input={dataset}, then --dataset=don_char")
+    for split in ('train', 'val'):
+        if not os.path.isfile(os.path.join(data_dir, f'{split}.bin')):
+            raise UserError(f"dataset {dataset!r} has no {split}.bin in {data_dir}; " +
+                            (f"run: python {prepare}" if has_prepare else
+                             "prepare it first (ls data/ lists the datasets that ship a prepare.py)"))
+    meta = load_meta(data_dir)
+    token_dtype = np.dtype(meta['dtype'] if meta else 'uint16')
+    try:
+        split_tokens = {split: count_tokens(os.path.join(data_dir, f'{split}.bin'), token_dtype)
+                        for split in ('train', 'val')}
+    except UserError as e:
+        raise UserError(f"{e}" + (f": python {prepare}" if has_prepare else
+                                  " with the script that made it")) from None
+    line_data = None
+    if is_line_dataset(meta):
+        try:
+            line_data = LineDataset(data_dir, meta, splits=('train', 'val'))
+            line_data.set_targets(loss_on, answer_separator)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if eval_accuracy and not line_data.separator:
+            raise UserError(f"eval_accuracy needs an answer separator and {dataset!r} has none: "
+                            f"pass --answer_separator (e.g. '=')")
+        if data_order == 'sequential':
+            raise UserError(f"data_order='sequential' reads running text, and {dataset!r} is a line "
+                            f"dataset (one sample per line, no text runs on); use data_order='random'")
+    elif loss_on != 'all' or answer_separator or eval_accuracy:
+        raise UserError(f"loss_on, answer_separator and eval_accuracy work on line datasets, and "
+                        f"{dataset!r} is plain text; make one with: python data/charline/prepare.py "
+                        f"--input=lines.txt")
+    return PreparedDataset(dataset, data_dir, meta, token_dtype, split_tokens, line_data)
+
+
+@dataclass
+class Processes:
+    """This process's place in the run, and where it computes."""
+    ddp: bool  # started by torchrun (whichever `parallel`)
+    fsdp: bool  # ... and sharding the model (parallel='fsdp')
+    rank: int
+    local_rank: int
+    world_size: int
+    device: str  # under torchrun on GPUs: this rank's cuda:LOCAL_RANK
+    device_type: str
+    dtype: str
+
+    @property
+    def master(self):
+        return self.rank == 0  # prints, logs and writes the checkpoints
+
+
+def start_processes(device='auto', dtype='auto', backend='nccl', parallel='ddp', compile=True,
+                    gradient_accumulation_steps=1):
+    """Under torchrun (RANK set), join the process group: one process per GPU (nccl), or per
+    CPU socket (gloo, whatever `backend` says). Pick the device and the dtype."""
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    fsdp = ddp and parallel == 'fsdp'
+    if parallel == 'fsdp' and not ddp:
+        note("parallel='fsdp' without torchrun: one process holds everything, trained as usual")
+    if fsdp and compile:
+        raise UserError("parallel='fsdp' with compile=True is not supported here yet; pass --compile=False")
+    if fsdp and dtype == 'float16':
+        raise UserError("parallel='fsdp' with dtype='float16' (a GradScaler) is not supported; pass "
+                        "--dtype=bfloat16 or --dtype=float32")
+    device = pick_device(device)
+    device_type = device_type_of(device)
+    rank, local_rank, world_size = 0, 0, 1
+    if ddp:
+        rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
+        world_size = int(os.environ['WORLD_SIZE'])
+        if device_type == 'cuda':
+            device = f'cuda:{local_rank}'
+            torch.cuda.set_device(device)
+        elif backend == 'nccl':
+            backend = 'gloo'  # nccl is GPU-only
+        from smallgpt.distributed import init_process_group  # FSDP's imports take a second: torchrun only
+        init_process_group(backend)
+        if gradient_accumulation_steps % world_size != 0:
+            raise UserError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not "
+                            f"divisible by the {world_size} processes; use a multiple of {world_size}")
+    dtype = pick_dtype(dtype, device_type, quiet=rank != 0)
+    if rank == 0:
+        print(f"device {device}, dtype {dtype}, {world_size} process(es)")
+    return Processes(ddp, fsdp, rank, local_rank, world_size, device, device_type, dtype)
+
+
+def resolve_auto_init(init_from, out_dir, resume_checkpoint_name):
+    """init_from='auto', for restarts (torchrun --max-restarts, a preempted job run again): the
+    same command line starts a run the first time and continues it from its last.pt after.
+    Returns (init_from, resume_checkpoint_name), unchanged for any other init_from."""
+    if init_from != 'auto':
+        return init_from, resume_checkpoint_name
+    if os.path.isfile(os.path.join(out_dir, 'last.pt')):
+        init_from, resume_checkpoint_name = 'resume', 'last.pt'
+    else:
+        init_from = 'scratch'
+    if is_main_process():
+        print("init_from='auto': " + ("resuming from last.pt" if init_from == 'resume'
+                                      else "no last.pt yet, starting from scratch"))
+    return init_from, resume_checkpoint_name
+
+
+def note_ignored_variants(model, asked, init_from):
+    """A resumed or GPT-2 model keeps its own architecture. `asked`: the variant settings the
+    user gave ({key: value}); name those the model doesn't have, rather than train a model the
+    user did not ask for in silence."""
+    ignored = [k for k, v in asked.items() if v != getattr(model.config, k)]
+    if ignored:
+        wanted = ', '.join(f"{k}={asked[k]!r}" for k in ignored)
+        kept = ', '.join(f"{k}={getattr(model.config, k)!r}" for k in ignored)
+        note(f"{wanted} ignored: the model from {init_from} keeps its own {kept} (these "
+             f"settings shape a model trained from scratch)")
+
+
+def gpt2_tokens_needed(dataset, meta, init_from):
+    """The one line for GPT-2 weights asked to train on another tokenizer's ids."""
+    kind = meta.get('encoding') if meta.get('tokenizer') == 'tiktoken' else meta.get('tokenizer')
+    return (f"dataset {dataset!r} is tokenized with {kind!r}, but {init_from} expects GPT-2 BPE "
+            f"tokens; use a GPT-2 dataset such as data/don (python data/don/prepare.py)")
+
+
+def check_model(model, vocab_size, xl_memory):
+    """What the data and the settings need of a model that came from a checkpoint or GPT-2."""
+    if vocab_size is not None and vocab_size > model.config.vocab_size:
+        raise UserError(f"dataset vocabulary ({vocab_size}) is larger than the model's "
+                        f"({model.config.vocab_size})")
+    if xl_memory and (model.config.pos_emb == 'learned' or model.config.attention == 'linear'):
+        raise UserError(f"xl_memory needs relative positions and softmax attention, and this model "
+                        f"has pos_emb={model.config.pos_emb!r}, attention={model.config.attention!r}; "
+                        f"train with --pos_emb=rope (or none) and --attention=softmax")
+
+
+def fit_block_size(model, block_size, given, seed):
+    """The context length the run trains at, with `model` cropped or grown to it. A shorter
+    block_size crops the model's positions; a longer one grows them only when the user gave it
+    (`given`: a config file or --block_size set it, even to 1024): left at its default, a resumed
+    or GPT-2 model keeps its own context length."""
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)  # e.g. GPT-2's 1024 positions cut down to 256
+    elif block_size > model.config.block_size and not given:
+        note(f"block_size={block_size} (the default) is more than the model's "
+             f"{model.config.block_size} positions: training with block_size="
+             f"{model.config.block_size}; pass --block_size to train at a longer context")
+        block_size = model.config.block_size
+    elif block_size > model.config.block_size:
+        if model.config.pos_emb == 'learned':
+            note(f"block_size={block_size} is more than the model's {model.config.block_size} "
+                 f"learned positions: {block_size - model.config.block_size} new rows of wpe start "
+                 f"as the mean learned row plus noise, and train from there")
+        # the same new rows on every DDP rank (the seed, not seed + rank)
+        model.extend_block_size(block_size, torch.Generator().manual_seed(seed))
+    return block_size
+
+
+def warn_if_overwriting(out_dir, dataset, model_args):
+    """nanoGPT overwrites an out_dir's checkpoints without a word; keep the overwrite, say it
+    first: what the earlier run was and what changed."""
+    found = [n for n in ('ckpt.pt', 'last.pt') if os.path.isfile(os.path.join(out_dir, n))]
+    if not found:
+        return
+    old = peek_checkpoint(os.path.join(out_dir, found[0]))
+    changes = []
+    if old is not None:
+        old_dataset = (old['config'] or {}).get('dataset')
+        if old_dataset is not None and old_dataset != dataset:
+            changes.append(f"dataset {old_dataset} -> {dataset}")
+        changes += [f"{k} {v} -> {model_args.get(k)}" for k, v in (old['model_args'] or {}).items()
+                    if k != 'dropout' and v != model_args.get(k)]
+    what = (f"iteration {old['iter_num']}" if old else "unreadable") + \
+        (f"; {', '.join(changes)}" if changes else "")
+    print(f"warning: {out_dir} holds {' and '.join(found)} of an earlier run ({what}); this new "
+          f"run replaces them at its first checkpoint. Use another --out_dir to keep them, or "
+          f"--init_from=resume to continue that run", file=sys.stderr)
