@@ -132,7 +132,7 @@ def _prepare_lines(folder, train_path, val_path, train_split, pre_shuffle, seed)
             raise GPTBenchError(str(e).removeprefix('error: ')) from None
     assert meta['lines']['train_lines'] == len(numbered), meta['lines']
     if not val:
-        _val_is_train(folder, meta)
+        _val_is_train(folder)
     return not val
 
 
@@ -174,9 +174,10 @@ def _prepare_text(folder, class_name, train_path, val_path, train_split):
     return no_val
 
 
-def _val_is_train(folder, meta):
+def _val_is_train(folder):
     """No validation set: val.bin becomes a copy of train.bin (see the docstring)."""
     shutil.copyfile(os.path.join(folder, 'train.bin'), os.path.join(folder, 'val.bin'))
+    meta = load_meta(folder)  # as written, with the token counts prepare_lines added
     meta['val_tokens'] = meta['train_tokens']
     meta['lines']['val_lines'] = meta['lines']['train_lines']
     write_meta(folder, meta)
