@@ -153,21 +153,21 @@ class Train(Sample):
             settings['init_from'] = os.path.abspath(self._init_from) \
                 if os.path.isdir(self._init_from) else self._init_from
         sample_every = period(c.log_sample_period, eval_period if tr.eval_period > 0 else 100)
-        if sample_every and 'sample_interval' in train_py:
+        if sample_every:  # train.py's sample_interval prints them (and keeps them in samples.txt)
             s = c.sample
             top_k, top_p = top_filter(s.top, self.tokenizer.vocab_size)
-            start = s.start_text or ''
+            greedy = top_k == 1 or s.temp == 0
+            if not greedy and (top_k or top_p):
+                notes.append("samples while training use sample.temp alone: train.py's "
+                             "sample_interval has no top-k/top-p filter")
+            start = s.start_text or ''  # '': train.py picks one (docs/gptbench.md)
             if s.start_text_sep and s.start_text_sep in start:
                 start = start.split(s.start_text_sep)[0]
                 notes.append(f"samples while training start from one text: {start!r}, the "
                              f"first of sample.start_text")
-            wanted = dict(sample_interval=sample_every, sample_start=start,
-                          sample_max_new_tokens=s.max_len, sample_temperature=s.temp,
-                          sample_top_k=top_k or 0, sample_top_p=top_p or 1.0)
-            settings.update({k: v for k, v in wanted.items() if k in train_py})
-        elif sample_every:
-            notes.append("log_sample_period: this train.py has no sample_interval setting yet, "
-                         "so no samples are printed while training")
+            settings.update(sample_interval=sample_every, sample_start=start,
+                            sample_max_new_tokens=s.max_len,
+                            sample_temperature=0.0 if greedy else s.temp)
         for key, value in c.train_py.to_dict().items():
             key = key.removeprefix('train_py.')
             if key in OWN_SETTINGS:
@@ -264,6 +264,8 @@ class TrainPrinter:
             if os.path.basename(m[1]) == 'ckpt.pt':
                 self.show(LogFlag.TRAIN_EVAL, f"==> Saving model at iter={m[2]}, "
                                               f"eval loss->{self.eval_loss:.4f}")
+        elif m := re.match(r'sample at iteration \d+: (.*)', text):
+            self.show(LogFlag.TRAIN_EVAL, m[1])  # GPTBench shows the sample alone
         elif m := re.match(r'stopped at iteration (\d+)', text):
             self.show(LogFlag.TRAIN_EVAL, f"stopped at iter {m[1]}: train() again continues "
                                           f"from there")

@@ -66,11 +66,11 @@ def new_bench(tmp, name, train_split=0.8, pre_shuffle=True, **trainer):
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-    """One tiny charline run of 1-digit sums, trained by two train(iter_count=20) calls; the
-    output of the second call is kept."""
+    """One tiny charline run of 1-digit sums, trained by two train(iter_count=20) calls, with a
+    sample every 15 iterations; the output of the second call is kept."""
     tmp = tmp_path_factory.mktemp('gptbench')
     ben = new_bench(tmp, 'add1')
-    ben.set_train_log_periods(dot_period=1, loss_period=0)  # as GPTBench's notebooks do
+    ben.set_train_log_periods(dot_period=1, loss_period=0, sample_period=15)  # as GPTBench's notebooks do
     with contextlib.redirect_stdout(io.StringIO()):
         ben.train(iter_count=20)
     first_state = dict(ben.state)
@@ -82,7 +82,8 @@ def run(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- training
 def test_train_twice_continues_exactly_where_it_stopped(run):
-    """train(20) twice = train(40) once: the same weights, bit for bit, and the same losses."""
+    """train(20) twice = train(40) once: the same weights, bit for bit, and the same losses
+    (and the samples the first took while training, which the second did not, changed nothing)."""
     tmp, ben, first_state, _ = run
     assert first_state['iter_num'] == 20 and ben.state['iter_num'] == 40
     once = new_bench(tmp, 'add1_once')
@@ -93,9 +94,12 @@ def test_train_twice_continues_exactly_where_it_stopped(run):
     assert twice_ckpt['iter_num'] == once_ckpt['iter_num'] == 40
     for key, tensor in once_ckpt['model'].items():
         assert torch.equal(tensor, twice_ckpt['model'][key]), key
+    # the second train() marks where it resumed with a 'resume' row; the numbers are the same
     losses = lambda bench: [(r['iter'], r['loss'], r['val_loss']) for r in  # noqa: E731
-                            read_log(os.path.join(bench.path, 'log.csv'))]
+                            read_log(os.path.join(bench.path, 'log.csv')) if r['kind'] != 'resume']
     assert losses(ben) == losses(once)
+    assert [r['iter'] for r in read_log(os.path.join(ben.path, 'log.csv'))
+            if r['kind'] == 'resume'] == [20]
 
 
 def test_settings_reach_train_py_with_gptbench_meanings(run):
@@ -261,26 +265,43 @@ def test_the_config_snippet_runs_as_documented(run, capsys):
     assert 'model:\n  device=cpu' in dumped and '  n_layer=1\n' in dumped and 'trainer:' in dumped
 
 
-def test_log_periods_and_limits_map_to_train_py(run, monkeypatch):
-    """sample_period -> train.py's sample_interval (when train.py has it, else a note);
-    negative periods are multiples of eval_period; max_samples < 0 counts epochs."""
+def test_log_periods_and_limits_map_to_train_py(run):
+    """sample_period -> train.py's sample_interval; negative periods are multiples of
+    eval_period; max_samples < 0 counts epochs."""
     _, ben, _, _ = run
+    saved = ben.config.copy()
     ben.config.trainer.max_samples = -2  # two epochs of 80 lines, 32 a batch: 5 batches
-    ben.set_train_log_periods(dot_period=1, loss_period=0, sample_period=-3)
     try:
-        settings, notes = ben.train_settings()
-        assert settings['max_iters'] == 5 and settings['log_interval'] == 1
-        real = gptbench.training.train_py_defaults()
-        if 'sample_interval' not in real:
-            assert any('sample_interval' in n for n in notes)
-        fake = dict(real, sample_interval=0, sample_start='', sample_max_new_tokens=100,
-                    sample_temperature=1.0, sample_top_k=0)
-        monkeypatch.setattr(gptbench.training, 'train_py_defaults', lambda: fake)
-        settings, _ = ben.train_settings(iter_count=7)
-        assert settings['sample_interval'] == 30 and settings['sample_top_k'] == 1  # top=1
+        ben.set_train_log_periods(dot_period=1, loss_period=0, sample_period=-3)
+        settings, notes = ben.train_settings(iter_count=7)
         assert settings['max_iters'] == 5  # the smaller of 40 + 7 and two epochs
+        assert settings['log_interval'] == 1
+        assert settings['sample_interval'] == 30  # 3 x eval_period 10
+        assert settings['sample_temperature'] == 0.0 and not notes  # top=1: greedy
+        assert settings['sample_start'] == '' and settings['sample_max_new_tokens'] == 100
+        ben.config.sample.set(top=0, temp=0.7, start_text='1+|2+')
+        settings, notes = ben.train_settings(iter_count=7)
+        assert settings['sample_temperature'] == 0.7 and settings['sample_start'] == '1+'
+        assert any("the first of sample.start_text" in n for n in notes)
+        ben.config.sample.set(top=3)
+        assert any('no top-k/top-p' in n for n in ben.train_settings(iter_count=7)[1])
     finally:
-        ben.config.trainer.max_samples = None
+        ben.config = saved
+
+
+def test_samples_while_training_are_shown_and_kept(run):
+    """sample_period=15 over iterations 0..40: train.py sampled at 15 and 30, into samples.txt;
+    the second train() showed its sample alone on a line, as GPTBench does."""
+    _, ben, _, shown = run
+    text = open(os.path.join(ben.path, 'samples.txt'), encoding='utf-8').read()
+    blocks = [b.split('\n') for b in text.split('--- iteration ')[1:]]
+    assert [int(b[0]) for b in blocks] == [15, 30]
+    # the dataset has no answer separator: a sample starts at the first val line's first
+    # character and is one whole line the model wrote
+    first_val = ben.val_dataset.get_data()[0]
+    assert all(b[1][:1] == first_val[0] and len(b[1]) > 1 for b in blocks), blocks
+    assert blocks[1][1] in shown.splitlines()
+    assert 'sample at iteration' not in shown
 
 
 def test_train_py_section_passes_this_repos_settings(run):
