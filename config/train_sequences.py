@@ -2,7 +2,7 @@
 #   python data/sequences/prepare.py
 #   python train.py config/train_sequences.py
 #   python eval.py --out_dir=out-sequences --split=test      # accuracy on 900 unseen (start, step) pairs
-# Measured results: docs/gptbench.md (Number sequences).
+# What it asks of a model: docs/gptbench.md (Number sequences); not measured yet.
 
 out_dir = 'out-sequences'
 dataset = 'sequences'

@@ -584,6 +584,27 @@ def test_script_and_command_lines_verbatim(tmp_path):
 
 
 @pytest.mark.slow
+def test_command_line_train_then_sample_prints_the_learned_sum(tmp_path):
+    """The issue's command-line proof, small: -init=new -mode=train on 8 sums (all of them
+    train, train_split=1.), 300 batches of a 1-layer model that learns them by heart, then
+    -init=resume -mode=sample -sample.start_text="21+89=" prints 21+89=110. An untrained or
+    wrongly loaded model answers something else (docs/gptbench.md has the full-size run)."""
+    write_lines(tmp_path / 'sums.txt', ['21+89=110', '3+4=7', '10+20=30', '55+45=100', '7+8=15',
+                                        '60+1=61', '99+99=198', '12+34=46'])
+    env = gptbench_env()
+    run_python(['-m', 'gptbench.run', '-name=add2', '-init=new', '-mode=train', '-seed=1',
+                '-dataset.class_name=charline', '-dataset.train_path=sums.txt',
+                '-dataset.train_split=1.', '-model.n_layer=1', '-model.n_head=2',
+                '-model.n_embd=32', '-model.block_size=16', '-model.device=cpu',
+                '-trainer.batch_size=8', '-trainer.learning_rate=1e-2',
+                '-trainer.max_samples=2400', '-train.eval_period=100', '-train.eval_iters=1'],
+               tmp_path, env)
+    out = run_python(['-m', 'gptbench.run', '-name=add2', '-init=resume', '-mode=sample',
+                      '-sample.start_text=21+89=', '-sample.top=1'], tmp_path, env)
+    assert out.splitlines()[-1] == '21+89=110', out
+
+
+@pytest.mark.slow
 def test_the_gptbench_style_notebook_runs(tmp_path):
     """examples/gptbench_add.ipynb in a real kernel, GPTBENCH_SMOKE=3 (3 iterations)."""
     import nbformat
