@@ -45,6 +45,10 @@ wandb_log = False  # also log to Weights & Biases (WANDB_MODE=offline works)
 wandb_project = 'owt'
 wandb_run_name = 'gpt2'
 tensorboard_log = False  # also write TensorBoard events to out_dir/tensorboard
+sample_interval = 0  # print a sample every this many iterations and add it to out_dir/samples.txt (0 = off)
+sample_start = ''  # the samples' start text ('' = a line dataset's first val question, else a newline)
+sample_max_new_tokens = 50  # tokens per sample at most (a line dataset's stops at its line's end)
+sample_temperature = 0.0  # 0 = greedy; a sample draws none of the run's random numbers
 # data
 dataset = 'openwebtext'  # folder under data/ holding train.bin, val.bin (and meta.json)
 gradient_accumulation_steps = 5 * 8  # micro-batches per optimizer step (summed over all ranks)
@@ -117,6 +121,7 @@ from smallgpt.metrics import line_accuracy  # noqa: E402
 from smallgpt.runlog import RunLog  # noqa: E402
 from smallgpt.runsetup import (check_model, check_settings, fit_block_size, gpt2_tokens_needed, load_resume_checkpoint, note_ignored_variants, open_dataset, resolve_auto_init, start_processes, warn_if_overwriting)  # noqa: E402
 from smallgpt.runstate import (RandomStreams, StopSignal, any_rank, divergence_message, diverged, get_lr, resume_command)  # noqa: E402
+from smallgpt.train_sample import TrainingSampler  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -194,6 +199,8 @@ try:
     xl_memories = [XLMemory(xl_memory) for _ in range(gradient_accumulation_steps)] if xl_memory else []
     batches = Batches(data, batch_size, block_size, device, data_order, gradient_accumulation_steps,
                       ddp_rank, ddp_world_size, seed, xl_memories)
+    sampler = TrainingSampler(data, sample_start, sample_max_new_tokens, sample_temperature, seed,
+                              device, ctx, sharded=fsdp) if sample_interval else None
 except ValueError as e:  # a UserError (CheckpointError too), or GPTConfig's one-line ValueError
     fail(e)
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
@@ -392,6 +399,12 @@ while True:
             runlog.train(iter_num, lossf, lr, dt * 1000, tokens_per_s,
                          running_mfu if running_mfu >= 0 else None)
         iters_since_log = 0
+    if sampler and master_process and iter_num % sample_interval == 0:
+        sample_t0 = time.time()
+        text = sampler.sample(raw_model, iter_num)
+        print(f"sample at iteration {iter_num}: {text}")
+        runlog.sample(iter_num, text)
+        t0 += time.time() - sample_t0  # a sample's time is not the steps'
     # all ranks stop at the same step, or the others would wait forever in their next all_reduce
     stop, bad = any_rank([stop_signal.requested, nonfinite], device, distributed=ddp)
 

@@ -127,14 +127,17 @@ def _dry_run_setting(args, cwd, key):
     return ast.literal_eval(values[-1])
 
 
-def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5, **overrides):
+def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5, on_line=None,
+          **overrides):
     """Run train.py [config_file] --key=value ... and return its log.csv rows as a Run.
     config_file: one file, or a list of them applied in order (the CPU preset:
     ['config/train_don_char.py', 'config/cpu_small.py']).
 
     on_row(row) is called for each new row of log.csv while the run goes; echo=True prints
-    train.py's output as it comes. A failed run raises RuntimeError with train.py's last error
-    line; an interrupt (the notebook's stop button) stops the run too."""
+    train.py's output as it comes; on_line(line) gets each complete line of that output (without
+    its newline), e.g. to show it another way (the gptbench package does). A failed run raises
+    RuntimeError with train.py's last error line; an interrupt (the notebook's stop button)
+    stops the run too."""
     cwd = os.path.abspath(cwd or os.getcwd())
     args = [sys.executable, _script('train.py')]
     out_dir = overrides.get('out_dir')
@@ -154,17 +157,29 @@ def train(config_file=None, on_row=None, echo=False, cwd=None, poll_seconds=0.5,
     with tempfile.TemporaryDirectory() as tmp:
         out_path, err_path = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
         with open(out_path, 'w') as out, open(err_path, 'w') as err:
-            process = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err)
+            # its own session: a terminal's Ctrl+C reaches only this process, whose terminate()
+            # below is then train.py's one stop request (finish the step, write last.pt); a
+            # second signal would make train.py quit without saving
+            process = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err,
+                                       start_new_session=True)
         shown = 0
+        partial = b''  # the start of a line whose end train.py has not written yet
         try:
             while True:
                 finished = process.poll() is not None
-                if echo:
+                if echo or on_line:
                     with open(out_path, 'rb') as f:  # its own file offset: the child keeps writing
                         f.seek(shown)
                         new = f.read()
                     shown += len(new)
-                    print(new.decode('utf-8', errors='replace'), end='', flush=True)
+                    if echo:
+                        print(new.decode('utf-8', errors='replace'), end='', flush=True)
+                    if on_line:
+                        *lines, partial = (partial + new).split(b'\n')
+                        if finished and partial:  # the last line, written without a newline
+                            lines, partial = lines + [partial], b''
+                        for line in lines:
+                            on_line(line.decode('utf-8', errors='replace'))
                 # a log.csv older than this run is a previous run's: wait for train.py's own
                 if os.path.isfile(csv_path) and os.path.getmtime(csv_path) >= started - 1:
                     latest = read_log(csv_path)

@@ -10,6 +10,7 @@ train.py makes one RunLog on rank 0 and feeds it every logged step and every eva
     log.train(iter_num, loss, lr, ms_per_iter, tokens_per_s, mfu)   # mfu may be None
     log.eval(iter_num, train_loss, val_loss, lr, accuracy)          # accuracy may be None;
                                                                     # also redraws loss.png
+    log.sample(iter_num, text)                                      # sample_interval's text
     log.close()
 
 What lands in out_dir:
@@ -25,6 +26,10 @@ What lands in out_dir:
                   or after a kill between saves). N counts up from 1; log.csv is the newest.
                   Nothing is moved or rewritten before this run has a row to write, so a run
                   that stops at start-up leaves the folder as it found it.
+    samples.txt   the samples of train.py's sample_interval, each under a line '--- iteration N'
+                  (smallgpt/train_sample.py). A new run keeps an earlier one's aside with its
+                  log (samples.N.txt); a resumed run appends, so a sample's line names its
+                  iteration, not the order alone.
     loss.png      train loss (thin), eval train/val loss (markers), learning rate (right axis);
                   below them the val accuracy, when the run measures it.
     tensorboard/  event files, when tensorboard=True  (tensorboard --logdir <out_dir>); an
@@ -143,6 +148,7 @@ class RunLog:
         self.config = dict(config)
         self.csv_path = os.path.join(out_dir, "log.csv")
         self.png_path = os.path.join(out_dir, "loss.png")
+        self.samples_path = os.path.join(out_dir, "samples.txt")
         self.resume_iter = resume_iter
         self.evaluate_only = evaluate_only
         self.rows = []  # every row of this run, resumed ones included, so loss.png shows it all
@@ -186,7 +192,7 @@ class RunLog:
         if not names:
             return
         if self.aside_number is None:  # 1 + the highest N already there
-            numbered = re.compile(r"(?:log|loss|tensorboard)\.(\d+)(?:\.csv|\.png)?")
+            numbered = re.compile(r"(?:log|loss|samples|tensorboard)\.(\d+)(?:\.csv|\.png|\.txt)?")
             taken = [int(m.group(1)) for m in map(numbered.fullmatch, os.listdir(self.out_dir)) if m]
             self.aside_number = 1 + max(taken, default=0)
         kept = []
@@ -203,6 +209,7 @@ class RunLog:
         tb_dir = os.path.join(self.out_dir, "tensorboard")
         if self.resume_iter is None:
             earlier = ["log.csv", "loss.png"] if _has_rows(self.csv_path) else []
+            earlier += ["samples.txt"] if os.path.isfile(self.samples_path) else []
             if self.make_tb_writer is not None and os.path.isdir(tb_dir) and os.listdir(tb_dir):
                 earlier.append("tensorboard")
             self._keep_aside(earlier, "a new run starts here")
@@ -288,6 +295,17 @@ class RunLog:
                 # a snapshot of the rows: the loop goes on appending while the thread draws
                 self.drawing = threading.Thread(target=self.draw, args=(list(self.rows),), daemon=True)
                 self.drawing.start()
+
+    def sample(self, iter_num, text):
+        """A sample taken while training (train.py's sample_interval), added to samples.txt."""
+        if self.evaluate_only:
+            return
+        if self.csv_file is None:
+            self._start()  # a new run sets the earlier samples.txt aside first
+        with open(self.samples_path, "a", encoding="utf-8") as f:
+            f.write(f"--- iteration {int(iter_num)}\n{text}\n")
+        if self.tb_writer is not None:
+            self.tb_writer.add_text("sample", text, iter_num)
 
     def draw(self, rows=None):
         """Draw loss.png from `rows` (default: every row so far)."""

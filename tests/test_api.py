@@ -147,7 +147,8 @@ def test_accuracy_counts_the_predictions(add_run):
 @pytest.mark.slow
 def test_pip_install_gives_the_package_and_the_api_and_no_generic_names(tmp_path):
     """A real `pip install -e .` (into a venv that sees this Python's packages, --no-deps): from
-    another folder the API and the package import, and none of the old flat module names does."""
+    another folder the API, the package and the GPTBench adapter import (and python -m
+    gptbench.run answers), and none of the old flat module names does."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -156,8 +157,9 @@ def test_pip_install_gives_the_package_and_the_api_and_no_generic_names(tmp_path
                              capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-2000:]
     check = """
-import importlib.util, workbench, smallgpt.generate, smallgpt.hf.convert
+import importlib.util, workbench, smallgpt.generate, smallgpt.hf.convert, gptbench
 print(workbench.load.__module__, smallgpt.__file__)
+print("gptbench", gptbench.__file__, gptbench.Train.__name__, gptbench.config_run.__name__)
 flat = ["engine", "runtime", "checkpoint", "textdata", "linedata", "evaluation", "runlog",
         "interactive", "hf_gpt2", "hf_starcoder2", "linear_attention", "distributed"]
 print("found:", [n for n in flat if importlib.util.find_spec(n)])
@@ -168,6 +170,10 @@ print("found:", [n for n in flat if importlib.util.find_spec(n)])
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"workbench {REPO / 'smallgpt' / '__init__.py'}" in out.stdout, out.stdout
     assert "found: []" in out.stdout, out.stdout
+    assert f"gptbench {REPO / 'gptbench' / '__init__.py'} Train config_run" in out.stdout, out.stdout
+    run = subprocess.run([str(python), "-m", "gptbench.run"], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert run.returncode == 2 and run.stderr.startswith("error: give -init="), run.stderr
 
 
 def test_the_example_notebook_runs(tmp_path):
