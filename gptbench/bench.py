@@ -299,8 +299,7 @@ class Sample:
             raise GPTBenchError(str(e)) from None
         if self.tokenizer is None:  # no dataset: the checkpoint's vocabulary (None: GPT-2's)
             self.meta, self.tokenizer = meta, Tokenizer.from_meta(meta)
-        elif meta is not None and vocabulary_difference(meta, self.meta, ("the checkpoint", "the dataset")):
-            difference = vocabulary_difference(meta, self.meta, ("the checkpoint", "the dataset"))
+        elif difference := vocabulary_difference(meta, self.meta, ("the checkpoint", "the dataset")):
             raise GPTBenchError(f"{path} was trained on another vocabulary than "
                                 f"{self.config.dataset.train_path!r} ({difference}); load it with "
                                 f"its own dataset settings, or init_new() a model for this one")
