@@ -15,7 +15,7 @@ import torch
 
 from conftest import error_lines, run_script
 from model import GPT, GPTConfig
-from smallgpt.quantize import Int8Linear, quantize_weights, weights_nbytes
+from smallgpt.quantize import INT8_KERNEL, Int8Linear, quantize_weights, weights_nbytes
 
 
 def test_int8_linear_is_the_per_row_rounding_of_the_definition():
@@ -33,6 +33,29 @@ def test_int8_linear_is_the_per_row_rounding_of_the_definition():
     x = torch.randn(5, 48)
     expected = x.double().numpy() @ (q * s[:, None]).T + linear.bias.detach().double().numpy()
     np.testing.assert_allclose(layer(x).double().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not INT8_KERNEL, reason="this torch has no aten._weight_int8pack_mm")
+def test_int8_kernel_path_is_the_definition_with_bf16_activations():
+    """A decoding step's few rows go through torch's int8 weight-only kernel: the same int8 rows
+    and per-row scales, with the activations (and the scales) rounded to bf16 as the kernel
+    takes them; its result is bf16, so the reference allows bf16's rounding (2^-8). A long
+    prefill takes the exact dequantising path."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 24)
+    layer = Int8Linear(linear)
+    x = torch.randn(3, 64)
+    assert layer.use_int8_kernel(x, 3) and not layer.use_int8_kernel(torch.randn(65, 64), 65)
+    q = layer.weight.double().numpy()
+    s = layer.scale.to(torch.bfloat16).double().numpy()
+    xb = x.to(torch.bfloat16).double().numpy()
+    expected = xb @ (q * s[:, None]).T + linear.bias.detach().double().numpy()
+    got = layer(x).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=2 ** -7, atol=2 ** -7 * np.abs(expected).max())
+    long = torch.randn(80, 64)  # 80 rows: the dequantising path, exact in fp32
+    exact = long.double().numpy() @ (q * layer.scale.double().numpy()[:, None]).T \
+        + linear.bias.detach().double().numpy()
+    np.testing.assert_allclose(layer(long).double().numpy(), exact, rtol=1e-5, atol=1e-5)
 
 
 def test_bytes_per_token_follow_the_shape():
