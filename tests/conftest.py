@@ -216,3 +216,44 @@ def recorded_logits(monkeypatch):
 
     monkeypatch.setattr(smallgpt.generate, "sample_next", recording)
     return seen
+
+
+def run_notebook(name, cwd, **env):
+    """examples/<name> run top to bottom in a real Jupyter kernel (nbclient) started in `cwd`,
+    with `env` added to the environment the kernel inherits (the checkout on PYTHONPATH, one
+    thread unless set); restored afterwards. Returns the executed notebook and its code cells'
+    printed text. Skips when nbclient is missing or no kernel can start; a failing cell fails."""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import NoSuchKernel
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+
+    notebook = nbformat.read(REPO / "examples" / name, as_version=4)
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **env}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(cwd)}})
+        try:
+            client.execute()
+        except (NoSuchKernel, DeadKernelError) as e:  # a cell's error is not one of these
+            pytest.skip(f"no Jupyter kernel could start here: {e}")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    outputs = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                      for cell in notebook.cells if cell.cell_type == "code"
+                      for o in cell.get("outputs", []))
+    return notebook, outputs
+
+
+def has_image(notebook):
+    """Whether a code cell of an executed notebook shows a PNG (a plot)."""
+    return any("image/png" in o.get("data", {}) for cell in notebook.cells
+               if cell.cell_type == "code" for o in cell.get("outputs", []))

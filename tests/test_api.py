@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, has_image, run_notebook
 
 import workbench as wb  # noqa: E402  (conftest puts the repo on sys.path)
 from smallgpt.lines import LineDataset  # noqa: E402
@@ -178,33 +178,8 @@ print("found:", [n for n in flat if importlib.util.find_spec(n)])
 
 def test_the_example_notebook_runs(tmp_path):
     """examples/workbench.ipynb end to end in a real kernel, writing only into tmp_path."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import DeadKernelError
-    from jupyter_client.kernelspec import NoSuchKernel
-
-    notebook = nbformat.read(REPO / "examples" / "workbench.ipynb", as_version=4)
-    env = {'WORKBENCH_DATASET': str(tmp_path / 'add'), 'WORKBENCH_OUT_DIR': 'out',
-           'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
-           'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        client = NotebookClient(notebook, timeout=300, kernel_name='python3',
-                                resources={'metadata': {'path': str(tmp_path)}})
-        try:
-            client.execute()
-        except (NoSuchKernel, DeadKernelError) as e:  # a cell's error is not one of these
-            pytest.skip(f"no Jupyter kernel could start here: {e}")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    outputs = "".join(o.get('text', '') for cell in notebook.cells if cell.cell_type == 'code'
-                      for o in cell.get('outputs', []))
+    notebook, outputs = run_notebook("workbench.ipynb", tmp_path,
+                                     WORKBENCH_DATASET=str(tmp_path / "add"), WORKBENCH_OUT_DIR="out")
     assert "test accuracy" in outputs and "val loss" in outputs, outputs
-    assert any('image/png' in o.get('data', {}) for cell in notebook.cells
-               if cell.cell_type == 'code' for o in cell.get('outputs', []))  # the loss plot
+    assert has_image(notebook)  # the loss plot
     assert len(read_log(tmp_path / 'out' / 'log.csv')) > 0

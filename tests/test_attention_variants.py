@@ -401,8 +401,8 @@ def test_longer_block_size_from_a_learned_checkpoint(char_dataset, tmp_path):
     notes = [line for line in result.stderr.splitlines() if line.startswith("note: block_size=32")]
     assert len(notes) == 1 and "16 new rows of wpe" in notes[0], result.stderr
     ignored = [line for line in result.stderr.splitlines() if "ignored" in line]
-    assert ignored == [f"note: pos_emb='rope' ignored: the model from resume keeps its own "
-                       f"pos_emb='learned' (these settings shape a model trained from scratch)"]
+    assert ignored == ["note: pos_emb='rope' ignored: the model from resume keeps its own "
+                       "pos_emb='learned' (these settings shape a model trained from scratch)"]
     assert "micro-batch of 4 x 32 tokens" in result.stdout
     after = torch.load(out_dir / "last.pt", weights_only=True)
     assert after["model_args"]["block_size"] == 32 and set(after["model_args"]) == set(NANOGPT_MODEL_ARGS)

@@ -6,11 +6,10 @@ as a user runs them, with small settings.
     python -m pytest tests/test_examples.py -q
 """
 
-import os
 
 import pytest
 
-from conftest import REPO, run_script, text_file
+from conftest import REPO, has_image, run_notebook, run_script, text_file
 
 
 def test_draw_architecture_reads_the_model(tmp_path):
@@ -38,36 +37,10 @@ def test_draw_architecture_reads_the_model(tmp_path):
 def test_don_quixote_notebook_runs(tmp_path):
     """examples/don_quixote.ipynb end to end in a Jupyter kernel: the book prepared from the
     test data, 30 iterations of the CPU preset, the plot, a sample, the GPT-2 part skipped."""
-    nbformat = pytest.importorskip("nbformat")
-    pytest.importorskip("nbclient")
-    from jupyter_client.kernelspec import NoSuchKernel
-    from nbclient import NotebookClient
-    from nbclient.exceptions import DeadKernelError
-
     book = text_file("don_quixote.txt")
-    notebook = nbformat.read(REPO / "examples" / "don_quixote.ipynb", as_version=4)
-    env = {"DON_TEXT": book, "DON_DATASET": str(tmp_path / "don_char"), "DON_OUT_DIR": "out",
-           "DON_MAX_ITERS": "30", "DON_EVAL_ITERS": "2", "DON_FINETUNE_GPT2": "0",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        client = NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}})
-        try:
-            client.execute()
-        except (NoSuchKernel, DeadKernelError) as e:  # a cell's error is not one of these
-            pytest.skip(f"no Jupyter kernel could start here: {e}")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                      for o in cell.get("outputs", []))
+    notebook, outputs = run_notebook(
+        "don_quixote.ipynb", tmp_path, DON_TEXT=book, DON_DATASET=str(tmp_path / "don_char"),
+        DON_OUT_DIR="out", DON_MAX_ITERS="30", DON_EVAL_ITERS="2", DON_FINETUNE_GPT2="0")
     assert "val loss" in outputs and "DON QUIXOTE" in outputs and "skipped: DON_FINETUNE_GPT2=0" in outputs
-    assert any("image/png" in o.get("data", {}) for cell in notebook.cells
-               if cell.cell_type == "code" for o in cell.get("outputs", []))
+    assert has_image(notebook)
     assert (tmp_path / "out" / "ckpt.pt").is_file() and (tmp_path / "don_char" / "val.bin").is_file()

@@ -22,7 +22,7 @@ import tomllib
 import pytest
 import torch
 
-from conftest import REPO, make_text, run_script, script_env
+from conftest import REPO, make_text, run_notebook, run_script, script_env
 
 from gptbench import GPTBenchError, LogFlag, Sample, Train, config_run, empty_config
 import gptbench.bench
@@ -607,32 +607,7 @@ def test_command_line_train_then_sample_prints_the_learned_sum(tmp_path):
 @pytest.mark.slow
 def test_the_gptbench_style_notebook_runs(tmp_path):
     """examples/gptbench_add.ipynb in a real kernel, GPTBENCH_SMOKE=3 (3 iterations)."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import DeadKernelError
-    from jupyter_client.kernelspec import NoSuchKernel
-
-    notebook = nbformat.read(REPO / 'examples' / 'gptbench_add.ipynb', as_version=4)
-    env = {'GPTBENCH_SMOKE': '3', 'OMP_NUM_THREADS': '1',
-           'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        client = NotebookClient(notebook, timeout=300, kernel_name='python3',
-                                resources={'metadata': {'path': str(tmp_path)}})
-        try:
-            client.execute()
-        except (NoSuchKernel, DeadKernelError) as e:
-            pytest.skip(f"no Jupyter kernel could start here: {e}")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    outputs = ''.join(o.get('text', '') + str(o.get('data', {}).get('text/plain', ''))
-                      for cell in notebook.cells if cell.cell_type == 'code'
-                      for o in cell.get('outputs', []))
+    _, outputs = run_notebook("gptbench_add.ipynb", tmp_path, GPTBENCH_SMOKE="3", OMP_NUM_THREADS="1")
     assert 'validation accuracy:' in outputs and 'Iter 3 (' in outputs, outputs
     assert (tmp_path / 'checkpoints' / 'add2' / 'ckpt.pt').is_file()
 
