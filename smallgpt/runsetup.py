@@ -29,7 +29,7 @@ from smallgpt.tokenizer import vocabulary_difference
 # the range of each number train.py takes: (lowest, highest, whether the ends are allowed).
 # A value outside can only be a mistake (grad_clip=-1 trains uphill, beta2=1.5 grows the steps)
 RANGES = {
-    'learning_rate': (0.0, math.inf, '(0, inf)'), 'min_lr': (0.0, math.inf, '[0, inf)'),
+    'learning_rate': (0.0, math.inf, '[0, inf), 0 = weights kept as they are'), 'min_lr': (0.0, math.inf, '[0, inf)'),
     'weight_decay': (0.0, math.inf, '[0, inf)'), 'grad_clip': (0.0, math.inf, '[0, inf), 0 = off'),
     'beta1': (0.0, 1.0, '[0, 1)'), 'beta2': (0.0, 1.0, '[0, 1)'), 'dropout': (0.0, 1.0, '[0, 1)'),
     'warmup_iters': (0, math.inf, '[0, inf)'), 'lr_decay_iters': (0, math.inf, '[0, inf)'),

@@ -590,7 +590,7 @@ def test_warmup_as_long_as_the_decay_trains_and_saves(char_dataset, tmp_path):
 
 BAD_SETTINGS = [  # (the setting, words the one line must hold)
     ("--grad_clip=-1", "grad_clip"), ("--grad_clip=1e999", "grad_clip"),
-    ("--weight_decay=-0.5", "weight_decay"), ("--learning_rate=0", "learning_rate"),
+    ("--weight_decay=-0.5", "weight_decay"), ("--learning_rate=-1e-9", "learning_rate"),
     ("--learning_rate=-3e-4", "learning_rate"), ("--learning_rate=1e999", "learning_rate"),
     ("--min_lr=-1e-5", "min_lr"), ("--beta1=1.0", "beta1"), ("--beta2=1.5", "beta2"),
     ("--beta2=-0.1", "beta2"), ("--n_layer=0", "n_layer"), ("--n_head=0", "n_head"),

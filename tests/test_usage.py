@@ -23,7 +23,7 @@ from conftest import REPO
 
 CONFIGURED = {"train.py", "sample.py", "bench.py", "export.py", "eval.py", "show_batches.py",
               "examples/loss_by_position.py", "examples/draw_architecture.py"}  # scripts that use configurator.py
-ARGPARSE = {"plot.py", "tests/mutate.py"}  # and data/*/prepare.py
+ARGPARSE = {"plot.py", "tests/mutate.py", "examples/gptbench_measure.py"}  # and data/*/prepare.py
 DOCS = sorted((REPO / "docs").glob("*.md"))
 
 
