@@ -39,7 +39,7 @@ def test_int8_linear_is_the_per_row_rounding_of_the_definition():
 def test_int8_kernel_path_is_the_definition_with_bf16_activations():
     """A decoding step's few rows go through torch's int8 weight-only kernel: the same int8 rows
     and per-row scales, with the activations (and the scales) rounded to bf16 as the kernel
-    takes them; its result is bf16, so the reference allows bf16's rounding (2^-8). A long
+    takes them; its result is bf16, so the reference allows bf16's rounding (2^-8, and 1e-3 of the largest for sums near 0). A long
     prefill takes the exact dequantising path."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 24)
@@ -51,7 +51,7 @@ def test_int8_kernel_path_is_the_definition_with_bf16_activations():
     xb = x.to(torch.bfloat16).double().numpy()
     expected = xb @ (q * s[:, None]).T + linear.bias.detach().double().numpy()
     got = layer(x).double().numpy()
-    np.testing.assert_allclose(got, expected, rtol=2 ** -7, atol=2 ** -7 * np.abs(expected).max())
+    np.testing.assert_allclose(got, expected, rtol=2 ** -8, atol=1e-3 * np.abs(expected).max())
     long = torch.randn(80, 64)  # 80 rows: the dequantising path, exact in fp32
     exact = long.double().numpy() @ (q * layer.scale.double().numpy()[:, None]).T \
         + linear.bias.detach().double().numpy()
