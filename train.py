@@ -255,7 +255,8 @@ def estimate_loss():
         plan = batches.eval_plan(split, eval_iters, every_rank_alike=fsdp)
         if master_process and eval_iters >= 50:
             from tqdm import tqdm
-            plan = tqdm(plan, desc=f"eval {split}", leave=False, delay=2.0)  # shown only if slow
+            # shown only if slow, and only on a terminal (a log file would fill with \r lines)
+            plan = tqdm(plan, desc=f"eval {split}", leave=False, delay=2.0, disable=None)
         for offsets, counted, wrapped in plan:
             if wrapped and memory is not None:
                 memory.reset()
