@@ -34,11 +34,12 @@ from smallgpt.kvcache import KVCache, XLMemory
 
 
 def _bar(iterable, progress, desc, total=None):
-    """A tqdm bar on stderr when progress is on (stdout stays for results, e.g. eval.py --json)."""
+    """A tqdm bar on stderr when progress is on (stdout stays for results, e.g. eval.py --json)
+    and stderr is a terminal (disable=None: a redirected log gets no \r-rewritten lines)."""
     if not progress:
         return iterable
     from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, leave=False)
+    return tqdm(iterable, desc=desc, total=total, leave=False, disable=None)
 
 
 def token_byte_lengths(tokenizer, vocab_size=None):
@@ -165,8 +166,11 @@ def loss_by_position(model, ids, length, n_sequences=16, batch_size=8, ctx=nullc
     as a model trained with it was trained."""
     starts = spread_starts(len(ids), length, n_sequences)
     cfg = model.config
-    one_forward = (not kv_sink and not kv_budget and cfg.pos_emb != "learned"
-                   and cfg.attention == "softmax" and context_window >= -1)
+    # one forward when no token ever leaves the context (any model), or a rope/none softmax
+    # model whose band or cache a forward can apply; else the decode loop
+    fits = length - 1 <= cfg.block_size and (context_window <= 0 or context_window >= length - 1)
+    one_forward = not kv_sink and not kv_budget and (fits or (
+        cfg.pos_emb != "learned" and cfg.attention == "softmax" and context_window >= -1))
     total, rows = np.zeros(length - 1), 0
     device = model.lm_head.weight.device
     batches = range(0, len(starts), batch_size)
@@ -187,16 +191,18 @@ def loss_by_position(model, ids, length, n_sequences=16, batch_size=8, ctx=nullc
 
 
 def _forward_losses(model, seqs, context_window):
-    """(B, L - 1) cross-entropies of a rope/none model over seqs in one forward: every layer
-    sees its last context_window tokens (a band), or all of them (-1), through a cache of that
-    many slots when it is longer than block_size (a forward alone stops at block_size)."""
-    B, L = seqs.shape
-    window = L if context_window == -1 else context_window or model.config.block_size
-    if window <= model.config.block_size:
-        logits, _ = model(seqs, all_logits=True, band=window if window < L else 0)
+    """(B, L - 1) cross-entropies over seqs in one forward of its first L - 1 tokens (the last is
+    only a target): every layer sees its last context_window tokens (a band), or all of them
+    (-1), through a cache of that many slots when that is longer than block_size (a forward
+    alone stops there; rope/none models only)."""
+    x, y = seqs[:, :-1], seqs[:, 1:]
+    B, T = x.shape
+    window = T if context_window == -1 else context_window or model.config.block_size
+    if min(window, T) <= model.config.block_size:
+        logits, _ = model(x, all_logits=True, band=window if window < T else 0)
     else:
-        logits, _ = model(seqs, all_logits=True, cache=KVCache.for_model(model.config, B, window))
-    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), seqs[:, 1:], reduction="none")
+        logits, _ = model(x, all_logits=True, cache=KVCache.for_model(model.config, B, window))
+    return F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
 
 
 def _xl_losses(model, seqs, xl_memory):

@@ -99,6 +99,7 @@ def test_eval_by_position_writes_csv_and_png(char_dataset, vocab, tmp_path):
     done = run_script("eval.py", f"--out_dir={tmp_path / 'rope'}", "--by_position=True",
                       "--by_position_sequences=3", "--json=True", "--kv_sink=2", *common, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "%|" not in done.stderr  # progress bars only on a terminal, not in a captured log
     result = json.loads(done.stdout)
     rows = (tmp_path / "rope" / "loss_by_position.csv").read_text().splitlines()
     assert rows[0].startswith("position,") and len(rows) == 4 * BLOCK  # header + 4 x block_size - 1
@@ -123,4 +124,24 @@ def test_one_forward_equals_the_decode_loop():
         seqs = torch.stack([torch.as_tensor(ids[:LENGTH]),
                             torch.as_tensor(ids[len(ids) - LENGTH - 1:len(ids) - 1])]).long()
         nll, _ = teacher_forced(model, seqs, window, per_position=True)
+        np.testing.assert_allclose(got, nll.mean(0).numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pos_emb,attention", [("learned", "softmax"), ("none", "linear")])
+def test_a_window_inside_block_size_equals_the_decode_loop_for_any_model(pos_emb, attention):
+    """When block_size holds the whole window's inputs (its last token is only a target) nothing
+    is cropped, so a learned-position or a linear-attention model is read in one forward too;
+    its numbers are the decode loop's."""
+    from smallgpt.generate import teacher_forced
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=LENGTH - 1, vocab_size=VOCAB,
+                          pos_emb=pos_emb, attention=attention))
+    randomize_weights(model, 0)
+    model.eval()
+    ids = ids_for()
+    seqs = torch.stack([torch.as_tensor(ids[:LENGTH]),
+                        torch.as_tensor(ids[len(ids) - LENGTH - 1:len(ids) - 1])]).long()
+    nll, _ = teacher_forced(model, seqs, None, per_position=True)
+    for window in (0, -1, LENGTH):
+        got = loss_by_position(model, ids, LENGTH, n_sequences=2, context_window=window)
         np.testing.assert_allclose(got, nll.mean(0).numpy(), atol=1e-5, rtol=0)
