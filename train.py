@@ -113,7 +113,7 @@ from model import GPT, GPTConfig, VARIANT_KEYS, set_fast_cpu  # noqa: E402
 from smallgpt.checkpoint import gather_run_state, restore_run, run_checkpoint, save_checkpoint  # noqa: E402
 from smallgpt.convert_attention import convert_resumed_model  # noqa: E402
 from smallgpt.dataloader import Batches  # noqa: E402
-from smallgpt.device import autocast_context, cached_peak_flops, note, reuse_freed_memory  # noqa: E402
+from smallgpt.device import autocast_context, cached_peak_flops, note, peak_flops_cache, reuse_freed_memory  # noqa: E402
 from smallgpt.errors import UserError, fail  # noqa: E402
 from smallgpt.kvcache import XLMemory  # noqa: E402
 from smallgpt.lock import acquire_run_lock, remove_stale_temp_files_under_lock  # noqa: E402
@@ -230,7 +230,9 @@ if ddp and not fsdp:
     model = DDP(model, device_ids=[run.local_rank] if device_type == 'cuda' else None)
 if peak_flops <= 0 and master_process:
     peak_flops = cached_peak_flops(device, dtype, size=4096 if device_type == 'cuda' else 1024)
-    print(f"{dtype} matmul peak: {peak_flops / 1e9:,.0f} GFLOP/s, measured once on this machine (MFU is relative to it)")
+    # measured once and cached: a busy machine at that moment makes it low; say how to redo it
+    print(f"{dtype} matmul peak: {peak_flops / 1e9:,.0f} GFLOP/s, measured once on this machine (MFU "
+          f"is relative to it; --peak_flops=N sets it, deleting {peak_flops_cache()} measures again)")
 
 # ----------------------------------------------------------------------------- resume, evaluation, saving
 streams = RandomStreams(batches.generator, xl_memories, device)  # what an exact resume restores

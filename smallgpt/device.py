@@ -151,6 +151,12 @@ def measure_peak_flops(device, dtype, size=2048, seconds=0.5):
     return 2 * size ** 3 / best
 
 
+def peak_flops_cache():
+    """Where cached_peak_flops remembers its measurements."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache_home, "smallgpt", "peak_flops.json")
+
+
 def cached_peak_flops(device, dtype, size):
     """measure_peak_flops, measured once per machine and remembered: the half-second benchmark
     would otherwise delay every run's start (the MFU it feeds is a rough figure anyway). The
@@ -171,8 +177,8 @@ def cached_peak_flops(device, dtype, size):
         except OSError:
             pass
     key = f"{name}|{device_type}|{dtype}|{torch.get_num_threads()} threads|torch {torch.__version__}|{size}"
-    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "smallgpt")
-    path = os.path.join(cache_dir, "peak_flops.json")
+    path = peak_flops_cache()
+    cache_dir = os.path.dirname(path)
     try:
         with open(path) as f:
             table = json.load(f)

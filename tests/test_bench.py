@@ -294,6 +294,7 @@ def test_peak_flops_is_measured_once_per_machine(tmp_path, monkeypatch):
     assert device.cached_peak_flops("cpu", "float32", 64) == 1e9
     assert device.cached_peak_flops("cpu", "float32", 64) == 1e9 and calls == [64]
     assert (tmp_path / "smallgpt" / "peak_flops.json").is_file()
+    assert device.peak_flops_cache() == str(tmp_path / "smallgpt" / "peak_flops.json")  # train.py names it
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads + 1)
