@@ -14,13 +14,12 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from model import GPT  # noqa: E402
+from smallgpt import metrics  # noqa: E402
 from smallgpt.checkpoint import load_checkpoint  # noqa: E402
 from smallgpt.kvcache import KVCache  # noqa: E402
 
@@ -63,20 +62,13 @@ def val_tokens(dataset="don_char"):
     return np.memmap(os.path.join(REPO, "data", dataset, "val.bin"), dtype=meta_dtype, mode="r")
 
 
-@torch.no_grad()
 def loss_by_position(model, tokens, length, n_windows=96, batch_size=8):
     """The mean cross-entropy (nats) at each position 0..length-1 of n_windows windows of
     `tokens`, evenly spread over them, each read from its start (no earlier context): (length,).
-    A model without a position table may read windows longer than its block_size; fp32."""
-    starts = np.linspace(0, len(tokens) - length - 2, n_windows).astype(np.int64)
-    total = torch.zeros(length)
-    for i in range(0, n_windows, batch_size):
-        rows = [torch.from_numpy(tokens[s:s + length + 1].astype(np.int64)) for s in starts[i:i + batch_size]]
-        batch = torch.stack(rows)  # (B, length + 1)
-        logits, _ = model(batch[:, :-1], all_logits=True)  # (B, length, V)
-        loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (B, length)
-        total += loss.sum(dim=0)
-    return total / n_windows
+    eval.py --by_position's function with a window of length + 1 tokens, every earlier token
+    in view; the models here have a block_size that holds the window (extend_block_size)."""
+    return metrics.loss_by_position(model, tokens, length + 1, n_windows, batch_size,
+                                    context_window=-1)
 
 
 def kv_bytes_per_token(config, itemsize=4):
