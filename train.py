@@ -21,6 +21,7 @@ The loop's pieces: batches (smallgpt/dataloader.py Batches), the schedule, rando
 signal and divergence check (smallgpt/runstate.py), what a checkpoint holds (smallgpt/checkpoint.py).
 """
 
+import contextlib
 import math
 import os
 import sys
@@ -209,8 +210,8 @@ if master_process:  # printed here, once block_size is final
     print(f"tokens per iteration: {tokens_per_iter:,} ({micro_batches} micro-batch"
           f"{'es' if micro_batches > 1 else ''} of {batch_size} x {block_size} tokens)")
 model_args = model.config.to_model_args()
-if master_process and init_from != 'resume':
-    warn_if_overwriting(out_dir, dataset, model_args)
+# an earlier run's checkpoints, replaced at this run's first save (rank 0 writes, rank 0 looks)
+earlier_run = warn_if_overwriting(out_dir, dataset, model_args) if master_process and init_from != 'resume' else []
 model.to(device)
 set_fast_cpu(model, fast_cpu)
 if fsdp:  # before the optimizer: sharding turns the parameters into DTensors
@@ -342,12 +343,23 @@ while True:
     if bad or (saves and diverged(loss_sum, params, distributed=ddp, sharded=fsdp)):
         exit_code, message = 3, divergence_message(iter_num, last_finite_iter, out_dir, learning_rate, detail)
         break
+    kept = bool(stop and saves and earlier_run)  # a Ctrl+C before this run's first checkpoint:
+    if kept:  # the earlier run's files stay, as the warning said, and this run goes beside them
+        saves = ['interrupted.pt']
     if saves:
         save(saves)
+        for name in [] if kept else [n for n in earlier_run if n not in saves]:
+            with contextlib.suppress(FileNotFoundError):  # replaced: no folder mixing two runs
+                os.remove(os.path.join(out_dir, name))
+                print(f"removed the earlier run's {os.path.join(out_dir, name)} (this run replaces it)")
+        earlier_run = earlier_run if kept else []
     if stop or eval_only or iter_num >= last_iter:
         exit_code, message = (130 if stop else 0), None
-        if stop and master_process:
-            print(f"stopped at iteration {iter_num}. To resume:\n  {resume_command(sys.argv, ddp_world_size, ddp)}")
+        if stop and master_process and earlier_run:
+            print(f"the earlier run's {' and '.join(earlier_run)} in {out_dir} are kept as they were")
+        if stop and master_process and (saves or not earlier_run):
+            resume = resume_command(sys.argv, ddp_world_size, ddp, checkpoint=(saves or ['last.pt'])[0])
+            print(f"stopped at iteration {iter_num}. To resume:\n  {resume}")
         break
 
     # one optimizer step over gradient_accumulation_steps micro-batches

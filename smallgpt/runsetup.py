@@ -314,10 +314,11 @@ def fit_block_size(model, block_size, given, seed):
 
 def warn_if_overwriting(out_dir, dataset, model_args):
     """nanoGPT overwrites an out_dir's checkpoints without a word; keep the overwrite, say it
-    first: what the earlier run was and what changed."""
+    first: what the earlier run was and what changed. Returns the earlier run's checkpoint
+    names found (train.py keeps them on a Ctrl+C before its first checkpoint)."""
     found = [n for n in ('ckpt.pt', 'last.pt') if os.path.isfile(os.path.join(out_dir, n))]
     if not found:
-        return
+        return []
     old = peek_checkpoint(os.path.join(out_dir, found[0]))
     changes = []
     if old is not None:
@@ -329,5 +330,6 @@ def warn_if_overwriting(out_dir, dataset, model_args):
     what = (f"iteration {old['iter_num']}" if old else "unreadable") + \
         (f"; {', '.join(changes)}" if changes else "")
     print(f"warning: {out_dir} holds {' and '.join(found)} of an earlier run ({what}); this new "
-          f"run replaces them at its first checkpoint. Use another --out_dir to keep them, or "
-          f"--init_from=resume to continue that run", file=sys.stderr)
+          f"run replaces them at its first checkpoint (a Ctrl+C before then keeps them). Use another "
+          f"--out_dir to keep them, or --init_from=resume to continue that run", file=sys.stderr)
+    return found

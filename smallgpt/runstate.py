@@ -150,10 +150,10 @@ def divergence_message(iter_num, last_finite_iter, out_dir, learning_rate, detai
             f"{learning_rate}), grad_clip=1.0, or dtype=bfloat16/float32 instead of float16")
 
 
-def resume_command(argv, world_size=1, torchrun=False, environ=os.environ):
+def resume_command(argv, world_size=1, torchrun=False, environ=os.environ, checkpoint='last.pt'):
     """This run's command line (`argv`: sys.argv), quoted for a shell, with init_from=resume from
-    last.pt; under torchrun the torchrun line for as many nodes and processes (node 0's, where
-    rank 0 runs)."""
+    `checkpoint`; under torchrun the torchrun line for as many nodes and processes (node 0's,
+    where rank 0 runs)."""
     args = [a for a in argv[1:] if not a.startswith(('--init_from=', '--resume_checkpoint_name='))]
     launcher = ['python']
     nodes = 1
@@ -168,7 +168,7 @@ def resume_command(argv, world_size=1, torchrun=False, environ=os.environ):
         if restarts:
             launcher.append(f'--max-restarts={restarts}')
     command = shlex.join([*launcher, argv[0], *args, '--init_from=resume',
-                          '--resume_checkpoint_name=last.pt'])
+                          f'--resume_checkpoint_name={checkpoint}'])
     if nodes > 1:
         command += "\n  (and on each other node the same with its --node_rank)"
     return command

@@ -384,6 +384,46 @@ def test_sigint_saves_last_pt_exits_130_and_resume_continues(char_dataset, tmp_p
     assert [i for i, _ in iter_lines(result.stdout)] == [k + 1, k + 2, k + 3]
 
 
+def test_sigint_before_a_new_runs_first_checkpoint_keeps_the_earlier_run(trained_run, char_dataset,
+                                                                         tmp_path):
+    """A new run in a used out_dir is warned to replace the earlier run's checkpoints at its first
+    checkpoint; a Ctrl+C before then keeps them byte for byte, and this run's state goes to
+    interrupted.pt, which the printed command resumes. Its first checkpoint does replace them:
+    the earlier last.pt goes with the new ckpt.pt, so the folder never mixes two runs."""
+    out_dir = copy_run(trained_run[0], tmp_path)
+    before = snapshot(out_dir / "ckpt.pt", out_dir / "last.pt")
+    args = train_args(char_dataset, out_dir, "--n_embd=16", "--max_iters=100000", "--eval_interval=100000")
+    proc = start_script("train.py", *args, cwd=tmp_path, stdout_path=tmp_path / "run.log")
+    try:
+        wait_for(lambda: "iter 3:" in (tmp_path / "run.log").read_text(), 90, "iteration 3", proc)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    output = (tmp_path / "run.log").read_text()
+    assert code == 130 and "Traceback" not in output, output
+    assert snapshot(out_dir / "ckpt.pt", out_dir / "last.pt") == before
+    assert "ckpt.pt and last.pt in" in output and "are kept" in output, output
+    k = int(re.search(r"stopped at iteration (\d+)\.", output).group(1))
+    interrupted = load(out_dir / "interrupted.pt")
+    assert interrupted["iter_num"] == k and interrupted["model_args"]["n_embd"] == 16
+    command = shlex.split(re.search(r"To resume:\n  (.+)\n", output).group(1))
+    assert "--resume_checkpoint_name=interrupted.pt" in command
+    result = subprocess.run([sys.executable, *command[1:], f"--max_iters={k + 2}"], cwd=tmp_path,
+                            env=script_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert [i for i, _ in iter_lines(result.stdout)] == [k + 1, k + 2]
+
+    # a new run whose first checkpoint is ckpt.pt alone (last.pt is due later) removes last.pt
+    (out_dir / "interrupted.pt").unlink()
+    shutil.copy(trained_run[0] / "last.pt", out_dir / "last.pt")
+    result = run_train(char_dataset, out_dir, "--n_embd=16", "--max_iters=2", "--eval_interval=1",
+                       "--checkpoint_interval=1000", "--always_save_checkpoint=True", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"removed the earlier run's {out_dir / 'last.pt'}" in result.stdout
+    assert load(out_dir / "last.pt")["model_args"]["n_embd"] == 16  # written at the end, this run's
+
+
 def test_second_sigint_exits_at_once(char_dataset, tmp_path):
     out_dir = tmp_path / "out"
     args = train_args(char_dataset, out_dir, "--max_iters=100000", "--eval_interval=100000")
