@@ -102,8 +102,15 @@ def unknown_keys_message(unknown, keys, where):
     return f"{where}: unknown config key(s): {', '.join(parts)}. Run with --help to list every key."
 
 
-def find_config_file(arg):
-    candidates = [arg, os.path.join(CONFIG_DIR, arg), os.path.join(CONFIG_DIR, arg + ".py")]
+def find_config_file(arg, config_path=None):
+    """A config file by path, or by name in config/; with Hydra's --config-path=DIR, a
+    --config-name is looked for in DIR only (from here, or from the repo when relative)."""
+    if config_path is None:
+        candidates = [arg, os.path.join(CONFIG_DIR, arg), os.path.join(CONFIG_DIR, arg + ".py")]
+    else:
+        folders = [config_path] + ([] if os.path.isabs(config_path) else
+                                   [os.path.join(os.path.dirname(CONFIG_DIR), config_path)])
+        candidates = [os.path.join(d, n) for d in folders for n in (arg, arg + ".py")]
     for path in candidates:
         if os.path.isfile(path):
             return path
@@ -169,11 +176,14 @@ def configure(namespace, argv=None, script=None, ignore=(), echo=True, return_gi
         fail(unknown_keys_message(unknown, keys, "command line"), USAGE)
 
     given = set()
+    # Hydra-style launch lines: --config-path=DIR --config-name=NAME reads DIR/NAME(.py)
+    config_path = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("--config-path=")), None)
     for arg in argv:
         if arg.startswith("--config-path="):
-            continue  # Hydra-style launch lines: --config-path=config --config-name=NAME
+            continue
         if not arg.startswith("--") or arg.startswith("--config-name="):
-            path = find_config_file(arg.split("=", 1)[1] if arg.startswith("--") else arg)
+            path = (find_config_file(arg.split("=", 1)[1], config_path) if arg.startswith("--")
+                    else find_config_file(arg))
             if echo:
                 say(f"Overriding config with {path}")
             scope = {k: namespace[k] for k in keys}

@@ -317,6 +317,25 @@ def test_hydra_style_config_name(tmp_path):
     assert config["dataset"] == "shakespeare_char"
 
 
+def test_hydra_config_path_is_where_the_name_is_looked_for(capsys, tmp_path, monkeypatch):
+    """--config-path=DIR: the user's own folder wins over config/ (same name), a name missing
+    there is an error naming DIR, and a relative DIR is found from another folder too."""
+    (tmp_path / "myconf").mkdir()
+    write(tmp_path / "myconf" / "finetune_shakespeare.py", "out_dir = 'out-mine'\n")
+    monkeypatch.chdir(tmp_path)
+    config = configurator.configure(train_defaults(), ["--config-path=myconf",
+                                                       "--config-name=finetune_shakespeare"],
+                                    script=str(TRAIN))
+    assert config["out_dir"] == "out-mine"
+    code, err = configure_exit(capsys, train_defaults(), [f"--config-path={tmp_path / 'myconf'}",
+                                                          "--config-name=train_shakespeare_char"])
+    assert code == 2 and len(err) == 1 and "myconf" in err[0] and "not found" in err[0]
+    config = configurator.configure(train_defaults(), ["--config-path=config",  # the repo's, from tmp
+                                                       "--config-name=train_shakespeare_char"],
+                                    script=str(TRAIN))
+    assert config["dataset"] == "shakespeare_char"
+
+
 def test_returned_config_is_the_final_namespace():
     ns = train_defaults()
     config = configurator.configure(ns, ["train_shakespeare_char", "--batch_size=3"], script=str(TRAIN))
