@@ -62,11 +62,13 @@ from smallgpt.metrics import (evaluate_lines, evaluate_tokens, line_accuracy, lo
                               token_byte_lengths, write_by_position)
 from smallgpt.lines import LineDataset, is_line_dataset  # noqa: E402
 from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype  # noqa: E402
-from smallgpt.errors import fail  # noqa: E402
-from smallgpt.tokenizer import Tokenizer, vocabulary_difference  # noqa: E402
+from smallgpt.errors import fail, quiet_ctrl_c  # noqa: E402
+from smallgpt.tokenizer import Tokenizer, check_vocab_fits, vocabulary_difference  # noqa: E402
 from smallgpt.dataloader import count_tokens, load_meta  # noqa: E402
 from smallgpt.prepare import read_utf8  # noqa: E402
 from smallgpt.tutorial import prepare_text_folder  # noqa: E402
+
+quiet_ctrl_c()  # a stopped evaluation has nothing to save: no traceback
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -95,6 +97,7 @@ try:
     model, meta, trained = load_model(GPT, init_from, out_dir, checkpoint_name, device)
     quantize_weights(model, weights_dtype)
     tokenizer = Tokenizer.from_meta(meta)
+    check_vocab_fits(tokenizer, model.config.vocab_size)
 except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
     fail(e)
 trained = trained or {}

@@ -12,7 +12,8 @@ attn_window for every layer) a Starcoder2. AutoModelForCausalLM loads either.
 The tokenizer: a model of a char, bytes or own-BPE dataset (data/*/prepare.py --tokenizer=...)
 gets its tokenizer.json from the checkpoint (a char one drops characters it lacks, where
 sample.py refuses them); a GPT-2 BPE model gets GPT-2's files (--tokenizer_dir or the Hugging
-Face cache). See smallgpt/hf/gpt2.py and smallgpt/hf/starcoder2.py for what can and cannot be
+Face cache). smallgpt_meta.json keeps the checkpoint's vocabulary beside them, for sample.py
+and eval.py --init_from=hf_dir. See smallgpt/hf/gpt2.py and smallgpt/hf/starcoder2.py for what can and cannot be
 exported.
 """
 
@@ -35,8 +36,8 @@ configure(globals())
 
 from model import GPT  # noqa: E402
 from smallgpt.checkpoint import (CheckpointError, load_checkpoint, resolve_name)  # noqa: E402
-from smallgpt.errors import fail  # noqa: E402
-from smallgpt.hf.common import GPT2_BPE_VOCAB_SIZES  # noqa: E402
+from smallgpt.errors import fail, quiet_ctrl_c  # noqa: E402
+from smallgpt.hf.common import GPT2_BPE_VOCAB_SIZES, write_vocab_meta  # noqa: E402
 from smallgpt.hf.convert import save_hf  # noqa: E402
 from smallgpt.tokenizer import Tokenizer  # noqa: E402
 
@@ -46,6 +47,7 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_conf
 # ----------------------------------------------------------------------------- load
 ckpt_path = os.path.join(out_dir, resolve_name(checkpoint_name))
 hf_dir = hf_dir or os.path.join(out_dir, 'hf')
+quiet_ctrl_c(f"{hf_dir} may be half written; run export.py again (the checkpoint is untouched)")
 if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
     fail(f"--hf_dir={hf_dir} is a file, not a folder; pass another --hf_dir")
 try:
@@ -75,6 +77,7 @@ try:
     tokenizer_files = save_hf(model, hf_dir, tokenizer_dir or None, tokenizer)
 except (ValueError, RuntimeError, OSError) as e:
     fail(e)
+write_vocab_meta(hf_dir, meta)  # sample.py / eval.py --init_from=hf_dir read the vocabulary back
 print(f"wrote {hf_dir}: {', '.join(sorted(os.listdir(hf_dir)))}")
 stale = [f for f in TOKENIZER_FILES if f not in tokenizer_files
          and os.path.exists(os.path.join(hf_dir, f))]

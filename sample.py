@@ -55,11 +55,13 @@ from model import GPT  # noqa: E402
 from smallgpt.checkpoint import load_model  # noqa: E402
 from smallgpt.quantize import quantize_weights  # noqa: E402
 from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype  # noqa: E402
-from smallgpt.errors import fail  # noqa: E402
+from smallgpt.errors import fail, quiet_ctrl_c  # noqa: E402
 from smallgpt.generate import TextSample, decode_samples  # noqa: E402
-from smallgpt.tokenizer import EOT_TEXT, Tokenizer, encode_prompt  # noqa: E402
+from smallgpt.tokenizer import EOT_TEXT, Tokenizer, check_vocab_fits, encode_prompt  # noqa: E402
 from smallgpt.interactive import setting_error  # noqa: E402
 from smallgpt.lines import is_line_dataset  # noqa: E402
+
+quiet_ctrl_c()  # a stopped sample has nothing to save: no traceback
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -104,11 +106,9 @@ if compile:
     model.compile(dynamic=True)  # in place: generate_stream's self(...) calls go through it
 try:
     tokenizer = Tokenizer.from_meta(meta)
+    check_vocab_fits(tokenizer, model.config.vocab_size)
 except (ValueError, RuntimeError, OSError) as e:
     fail(e)
-if tokenizer.vocab_size > model.config.vocab_size:
-    fail(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-         f"{model.config.vocab_size}: this checkpoint was trained on another vocabulary")
 # seeded after loading: building a model draws random numbers too, and a sample should depend
 # on the seed alone (workbench.py's generate seeds the same way, so both give the same text)
 torch.manual_seed(seed)

@@ -43,7 +43,7 @@ from smallgpt.interactive import prompt_loop, setting_error
 from smallgpt.lines import LineDataset, is_line_dataset
 from smallgpt.runlog import read_log
 from smallgpt.device import autocast_context, device_type_of, pick_device, pick_dtype
-from smallgpt.tokenizer import Tokenizer, encode_prompt, vocabulary_difference
+from smallgpt.tokenizer import Tokenizer, check_vocab_fits, encode_prompt, vocabulary_difference
 from smallgpt.dataloader import load_meta
 from smallgpt.prepare import read_utf8
 DATA = os.path.join(REPO, 'data')
@@ -224,9 +224,7 @@ class Model:
         self.model, self.tokenizer, self.meta, self.config, self.ctx = \
             model, tokenizer, meta, config, ctx
         self.weights_dtype = weights_dtype  # what quantize_weights stored them as
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                             f"{model.config.vocab_size}: a checkpoint of another vocabulary")
+        check_vocab_fits(tokenizer, model.config.vocab_size)
 
     def _stop_ids(self, stop_at_eot, stop_at_line_end):
         ids = [self.tokenizer.eot_token] if stop_at_eot and self.tokenizer.eot_token is not None \

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from smallgpt.dataloader import load_meta
 from smallgpt.errors import UserError
+from smallgpt.hf.common import read_vocab_meta
 from smallgpt.tutorial import from_tutorial, is_tutorial_checkpoint
 
 
@@ -280,7 +281,8 @@ def load_model(model_cls, init_from="resume", out_dir="out", checkpoint_name="ck
     init_from='resume' reads out_dir/checkpoint_name: meta is the vocabulary saved in it (for a
     nanoGPT checkpoint, which has none, the meta of its dataset's folder), config the train.py
     settings it was trained with. Anything else goes to GPT.from_pretrained (gpt2*, a Hugging
-    Face folder): meta None (GPT-2 BPE) and config None. Raises CheckpointError, or the
+    Face folder): meta None (GPT-2 BPE; a folder export.py wrote: the checkpoint's meta) and
+    config None. Raises CheckpointError, or the
     OSError / ValueError / RuntimeError of from_pretrained, each a one-line message."""
     meta = config = None
     if init_from == "resume":
@@ -293,6 +295,8 @@ def load_model(model_cls, init_from="resume", out_dir="out", checkpoint_name="ck
         del ckpt
     else:
         model = model_cls.from_pretrained(init_from, dict(dropout=0.0))
+        if os.path.isdir(init_from):  # a folder export.py wrote carries the model's vocabulary
+            meta = read_vocab_meta(init_from)
     model.eval()
     model.to(device)
     return model, meta, config

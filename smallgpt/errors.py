@@ -31,3 +31,18 @@ def fail(message, code=1):
     if is_main_process():
         print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def quiet_ctrl_c(what_remains=""):
+    """Ctrl+C in a script that has nothing to save (sampling, evaluating, exporting): one line
+    on stderr instead of a traceback. The process still ends as an interrupt (exit status 130),
+    so a shell loop or a Makefile stops. `what_remains`: said after it (e.g. a half-written
+    folder)."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print("interrupted" + (f": {what_remains}" if what_remains else ""), file=sys.stderr)
+        else:
+            previous(kind, value, traceback)
+    sys.excepthook = hook

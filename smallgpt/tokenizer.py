@@ -71,6 +71,14 @@ CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
 BPE_MIN_VOCAB = 256 + 1  # every byte, and <|endoftext|>
 
 
+def check_vocab_fits(tokenizer, vocab_size):
+    """ValueError when the tokenizer makes ids the model has no rows for: its vocabulary is
+    another one (a model may have more rows: GPT-2's 50257 tokens in 50304)."""
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                         f"{vocab_size}: the model was trained on another vocabulary")
+
+
 def json_sha256(text: str) -> str:
     """The fingerprint meta.json keeps of its tokenizer.json (and checks on every load)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -316,7 +324,7 @@ def encode_prompt(tokenizer, text):
         ids = tokenizer.encode(text)
     if not ids:
         raise ValueError("the prompt is empty after encoding; give at least one character "
-                         "(e.g. --start='\\n')")
+                         "(sample.py without --start begins from a newline)")
     return ids
 
 

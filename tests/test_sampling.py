@@ -547,6 +547,30 @@ def test_interactive_ctrl_c_stops_the_generation_not_the_loop(char_ckpt):
     assert "hel" + continuation("hel", 30) in out.split("(generation stopped)")[1]
 
 
+def test_ctrl_c_stops_a_sample_with_one_line(char_ckpt):
+    """Ctrl+C during a long generation: no traceback, one line saying so, and the exit status
+    of an interrupt (a shell loop around sample.py stops too)."""
+    cmd = sample_cmd(char_ckpt, "--temperature=0", "--max_new_tokens=1000000", "--start=wor",
+                     "--num_samples=1")  # one sample streams
+    proc = subprocess.Popen(cmd, cwd=os.path.dirname(char_ckpt), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=child_env())
+    try:
+        seen, deadline = b"", time.time() + 60
+        while len(seen) < 200:  # the generation is under way
+            assert time.time() < deadline and proc.poll() is None, seen[-300:]
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                seen += os.read(proc.stdout.fileno(), 65536)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = err.decode("utf-8")
+    assert proc.returncode == -signal.SIGINT, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted", err
+
+
 # ----------------------------------------------------------------------------- GPT-2 BPE
 
 BPE_TEXT = "hello world 日本"  # 日本 is split over BPE tokens that are not whole characters

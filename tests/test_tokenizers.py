@@ -327,6 +327,27 @@ def test_char_model_exports_a_tokenizer_json_too(tmp_path, trained_run):
     generator = transformers.pipeline("text-generation", model=str(hf_dir), device="cpu")
     assert generator(prompt, max_new_tokens=20, do_sample=False)[0]["generated_text"] == \
         sampled.removesuffix("\n")
+    # the folder carries the vocabulary (smallgpt_meta.json): sample.py and eval.py read it as
+    # they read the checkpoint, and give the checkpoint's text and loss
+    code, from_hf, err = run_here("sample.py", f"--init_from={hf_dir}", f"--start={prompt}",
+                                  "--num_samples=1", "--max_new_tokens=20", "--temperature=0",
+                                  "--dtype=float32", cwd=tmp_path)
+    assert code == 0, err
+    assert from_hf == sampled
+    text = tmp_path / "text.txt"
+    text.write_text("The knight rode out of the village at dawn.\n" * 4, encoding="utf-8")
+    scores = []
+    for source in (f"--out_dir={out}", f"--init_from={hf_dir}"):
+        code, report, err = run_here("eval.py", source, f"--text={text}", "--json=True",
+                                     "--dtype=float32", cwd=tmp_path)
+        assert code == 0, err
+        scores.append(json.loads(report)["loss"])
+    assert scores[1] == pytest.approx(scores[0], abs=1e-4)
+    # without it the folder is read as GPT-2's vocabulary, which the model can't hold: one line
+    (hf_dir / "smallgpt_meta.json").unlink()
+    code, _, err = run_here("eval.py", f"--init_from={hf_dir}", f"--text={text}", cwd=tmp_path)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
     # a prompt the character vocabulary can't encode: one line from sample.py
     code, _, err = run_here("sample.py", f"--out_dir={out}", "--start=Zürich ¿", "--num_samples=1",
                             cwd=tmp_path)

@@ -10,6 +10,8 @@ import os
 import shutil
 from dataclasses import fields
 
+from smallgpt.tokenizer import EOT_TEXT, check_vocab_fits
+
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_BPE_VOCAB_SIZES = (50257, 50304)   # GPT-2's BPE, and nanoGPT's padding of it to 64 * 786
 GPT2_EOT = 50256                        # <|endoftext|>, GPT-2's only special token
@@ -122,9 +124,8 @@ def write_hf_folder(hf, state, hf_dir, vocab_size, tokenizer_dir=None, tokenizer
     tokenizer files written."""
     # before writing anything, so a wrong tokenizer_dir leaves no half-written folder
     own = tokenizer.to_hf() if tokenizer is not None and not tokenizer_dir else None
-    if own is not None and tokenizer.vocab_size > vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                         f"{vocab_size}: the checkpoint's vocabulary is not this model's")
+    if own is not None:
+        check_vocab_fits(tokenizer, vocab_size)
     bpe = find_gpt2_bpe(vocab_size, tokenizer_dir) if own is None else None
     # strict: every HF tensor gets our value, so nothing is left at its random init
     hf.load_state_dict(state, strict=True)
@@ -141,8 +142,6 @@ def write_own_tokenizer(hf_dir, hf_tokenizer, has_eot):
     """tokenizer.json + tokenizer_config.json of a tokenizers.Tokenizer, for AutoTokenizer.
     clean_up_tokenization_spaces=False: transformers would otherwise glue ' .' into '.' when
     decoding, and the text would no longer be what the model wrote."""
-    from smallgpt.tokenizer import EOT_TEXT
-
     fast = _transformers().PreTrainedTokenizerFast(
         tokenizer_object=hf_tokenizer, clean_up_tokenization_spaces=False,
         **({"eos_token": EOT_TEXT} if has_eot else {}))
@@ -207,3 +206,39 @@ def write_gpt2_tokenizer(hf_dir, vocab_path, merges_path):
                                                                   trust_remote_code=False)
     saved = tokenizer.save_pretrained(hf_dir)
     return sorted({"vocab.json", "merges.txt", *(os.path.basename(p) for p in saved)})
+
+
+# the checkpoint's vocabulary (a data/*/meta.json dict) beside the HF files: sample.py and
+# eval.py --init_from=FOLDER then use the model's own tokenizer, not GPT-2's
+VOCAB_META = "smallgpt_meta.json"
+
+
+def write_vocab_meta(hf_dir, meta):
+    """meta as hf_dir/VOCAB_META (JSON: loading it runs no code); an empty meta (a GPT-2 BPE
+    model) removes an earlier export's, which would describe another vocabulary."""
+    path = os.path.join(hf_dir, VOCAB_META)
+    if not meta:
+        if os.path.exists(path):
+            os.remove(path)
+        return None
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, ensure_ascii=False, indent=1)
+    return path
+
+
+def read_vocab_meta(folder):
+    """write_vocab_meta's dict, or None where there is none (any other Hugging Face folder:
+    GPT-2's tokenizer)."""
+    path = os.path.join(folder, VOCAB_META)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e}); export the checkpoint again with "
+                         f"export.py, or delete it to use GPT-2's tokenizer") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("tokenizer"), str):
+        raise ValueError(f"{path}: not a vocabulary written by export.py (no 'tokenizer' name); "
+                         f"export the checkpoint again, or delete it to use GPT-2's tokenizer")
+    return meta
