@@ -193,7 +193,8 @@ try:
         model, reshaped = convert_resumed_model(model, asked, kv_pool)
         if reshaped and checkpoint is not None:
             checkpoint['optimizer'] = None  # Adam's moments fit the old weights: start fresh
-        note_ignored_variants(model, asked, init_from)
+        shape = {key: config[key] for key in ('n_layer', 'n_head', 'n_embd', 'bias') if key in given}
+        note_ignored_variants(model, {**shape, **asked}, init_from)
     check_model(model, vocab_size, xl_memory)
     block_size = fit_block_size(model, block_size, 'block_size' in given, seed)
     # TransformerXL: one memory per micro-batch of this rank (sequential rows: the same each step)

@@ -261,9 +261,9 @@ def warn_if_newer_last(path, iter_num, distributed=False):
 
 
 def note_ignored_variants(model, asked, init_from):
-    """A resumed or GPT-2 model keeps its own architecture. `asked`: the variant settings the
-    user gave ({key: value}); name those the model doesn't have, rather than train a model the
-    user did not ask for in silence."""
+    """A resumed or GPT-2 model keeps its own architecture. `asked`: the shape and variant
+    settings the user gave ({key: value}); name those the model doesn't have, rather than train
+    a model the user did not ask for in silence."""
     ignored = [k for k, v in asked.items() if v != getattr(model.config, k)]
     if ignored:
         wanted = ', '.join(f"{k}={asked[k]!r}" for k in ignored)

@@ -396,13 +396,14 @@ def test_longer_block_size_from_a_learned_checkpoint(char_dataset, tmp_path):
     # a variant setting on resume cannot change the architecture: it is named, not silently dropped
     result = run_train(char_dataset, out_dir, "--block_size=32", "--max_iters=8", "--eval_interval=4",
                        "--init_from=resume", "--resume_checkpoint_name=last", "--pos_emb=rope",
-                       "--kv_share=1", cwd=tmp_path)
+                       "--kv_share=1", "--n_layer=3", cwd=tmp_path)  # n_head, n_embd: the model's
     assert result.returncode == 0, result.stderr[-2000:]
     notes = [line for line in result.stderr.splitlines() if line.startswith("note: block_size=32")]
     assert len(notes) == 1 and "16 new rows of wpe" in notes[0], result.stderr
     ignored = [line for line in result.stderr.splitlines() if "ignored" in line]
-    assert ignored == ["note: pos_emb='rope' ignored: the model from resume keeps its own "
-                       "pos_emb='learned' (these settings shape a model trained from scratch)"]
+    assert ignored == ["note: n_layer=3, pos_emb='rope' ignored: the model from resume keeps its "
+                       "own n_layer=2, pos_emb='learned' (these settings shape a model trained from "
+                       "scratch)"]
     assert "micro-batch of 4 x 32 tokens" in result.stdout
     after = torch.load(out_dir / "last.pt", weights_only=True)
     assert after["model_args"]["block_size"] == 32 and set(after["model_args"]) == set(NANOGPT_MODEL_ARGS)
