@@ -94,10 +94,20 @@ def parse_value(raw, default):
         return raw  # e.g. cpu, true: coerce() decides whether a string is acceptable
 
 
+# names other repos and courses use for a setting here (docs/coming-from.md): suggested first
+OTHER_NAMES = {"grad_accum": "gradient_accumulation_steps", "accumulation_steps": "gradient_accumulation_steps",
+               "data_dir": "dataset", "lr": "learning_rate", "max_steps": "max_iters",
+               "num_steps": "max_iters", "warmup_steps": "warmup_iters", "n_embed": "n_embd",
+               "context_length": "block_size", "seq_len": "block_size", "num_layers": "n_layer",
+               "num_heads": "n_head", "max_tokens": "max_new_tokens", "ckpt_name": "checkpoint_name"}
+
+
 def unknown_keys_message(unknown, keys, where):
     parts = []
     for k in unknown:
         close = difflib.get_close_matches(k, keys, n=3, cutoff=0.6)
+        if OTHER_NAMES.get(k) in keys:
+            close = [OTHER_NAMES[k]] + [c for c in close if c != OTHER_NAMES[k]][:1]
         parts.append(f"{k} (did you mean {' or '.join(close)}?)" if close else k)
     return f"{where}: unknown config key(s): {', '.join(parts)}. Run with --help to list every key."
 

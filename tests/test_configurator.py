@@ -82,6 +82,15 @@ def test_unknown_cli_keys_stop_before_anything_with_close_matches(capsys, tmp_pa
     assert ns == before, "settings were applied before the typo stopped the run"
 
 
+def test_other_repos_names_suggest_ours_first(capsys):
+    """Names docs/coming-from.md maps (the Hydra re-implementation's grad_accum and data_dir)
+    suggest this repo's setting, not the nearest spelling (grad_clip, out_dir)."""
+    code, err = configure_exit(capsys, train_defaults(), ["--grad_accum=4", "--data_dir=bins"])
+    assert code == 2 and len(err) == 1
+    assert "grad_accum (did you mean gradient_accumulation_steps" in err[0]
+    assert "data_dir (did you mean dataset" in err[0]
+
+
 def test_unknown_key_in_config_file(capsys, tmp_path):
     cfg = write(tmp_path / "typo.py", "max_iters = 10\nlearnin_rate = 1e-3\nbatchsize = 4\n")
     code, err = configure_exit(capsys, train_defaults(), [cfg])
