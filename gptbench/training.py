@@ -282,7 +282,13 @@ class TrainPrinter:
 def config_run(config, sys_argv=None):
     """Run what config (updated with sys_argv's -key=value arguments) says: -init=new|resume|
     gpt2*, -mode=train|sample|prompt, -name=NAME (default 'model'). Returns the Sample or
-    Train. A mistake is one line on stderr and exit code 2."""
+    Train. A mistake is one line on stderr and exit code 2; -help (-h, --help) lists the
+    settings."""
+    if sys_argv is not None and any(a in ('-h', '-help', '--help') for a in sys_argv[1:]):
+        print("usage: python -m gptbench.run -init=new|resume|gpt2|FOLDER -mode=train|sample|prompt "
+              "[-name=NAME] [-section.key=value ...]\n\nThe settings, their defaults and types:")
+        (config or empty_config()).help()
+        sys.exit(0)
     try:
         return _config_run(config, sys_argv)
     except GPTBenchError as e:

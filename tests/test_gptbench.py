@@ -345,6 +345,15 @@ def test_unknown_config_keys_name_the_nearest_real_one():
         cfg.update_from_args(['-trainer.batch_size=big'])
 
 
+def test_command_line_help_lists_the_settings(tmp_path):
+    """-help (and -h, --help) prints the usage and every setting with its default, exit 0; it
+    trains nothing (no checkpoints folder appears)."""
+    for flag in ('-help', '--help', '-h'):
+        out = run_python(['-m', 'gptbench.run', flag], tmp_path, gptbench_env())
+        assert out.startswith('usage: python -m gptbench.run -init=') and 'model.n_layer = None' in out
+    assert not (tmp_path / 'checkpoints').exists()
+
+
 def test_a_missing_train_path_is_one_line(tmp_path):
     ben = Train('x', work_dir=str(tmp_path))
     with pytest.raises(GPTBenchError) as e:
