@@ -23,6 +23,8 @@ a dataset).
     if is_tutorial_checkpoint(ckpt): ckpt = from_tutorial(ckpt, path)   # load_checkpoint does this
 """
 
+import hashlib
+import json
 import os
 import sys
 
@@ -133,8 +135,17 @@ def reorder_adam_moments(opt_state, converted, rows):
 
 
 def prepare_text_folder(folder):
-    """The scripts' hook: a tutorial data folder gets its .bin files and meta.json (once)."""
-    if os.path.isdir(folder) and is_text_folder(folder):
+    """The scripts' hook: a tutorial data folder gets its .bin files and meta.json once, and
+    again when its train.txt / val.txt change (the tutorial's own scripts read the .txt files,
+    so the .bin files must not go stale beside them)."""
+    if not os.path.isdir(folder) or not all(os.path.isfile(os.path.join(folder, f"{split}.txt"))
+                                            for split in ("train", "val")):
+        return
+    if is_text_folder(folder):
+        read_text_folder(folder)
+    elif changed := changed_texts(folder):
+        print(f"note: {folder}: {' and '.join(changed)} changed since train.bin / val.bin were "
+              f"written from them: writing them again", file=sys.stderr)
         read_text_folder(folder)
 
 
@@ -146,19 +157,51 @@ def is_text_folder(folder):
                                                         or has("train.bin"))
 
 
+def text_stamp(path):
+    """What identifies a .txt file's content: its size, time and sha256."""
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    info = os.stat(path)
+    return {"bytes": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": digest}
+
+
+def changed_texts(folder):
+    """The .txt files of a folder read_text_folder wrote whose content is no longer what its
+    .bin files were written from (size, else sha256 when the time moved); [] for a folder
+    prepared any other way."""
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            stamps = json.load(f).get("text_files")
+    except (OSError, ValueError, AttributeError):
+        return []
+    changed = []
+    for name, old in (stamps or {}).items() if isinstance(stamps, dict) else []:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path) or not isinstance(old, dict):
+            continue
+        info = os.stat(path)
+        if info.st_size != old.get("bytes") or (info.st_mtime_ns != old.get("mtime_ns")
+                                                and text_stamp(path)["sha256"] != old.get("sha256")):
+            changed.append(name)
+    return changed
+
+
 def read_text_folder(folder):
     """Write train.bin, val.bin and meta.json (bytes tokenizer: token = byte value) from the
-    tutorial's train.txt and val.txt in `folder`, once; returns the meta. The .txt files are
-    left as they are, so the tutorial's own scripts still read the folder."""
+    tutorial's train.txt and val.txt in `folder`; returns the meta. The .txt files are left as
+    they are, so the tutorial's own scripts still read the folder; meta.json records what they
+    were (changed_texts)."""
     splits = {split: np.fromfile(os.path.join(folder, f"{split}.txt"), dtype=np.uint8)
               for split in ("train", "val")}
-    meta = dict(BYTES_META, source=os.path.join(folder, "train.txt + val.txt (the transformer tutorial)"))
+    meta = dict(BYTES_META, source=os.path.join(folder, "train.txt + val.txt (the transformer tutorial)"),
+                text_files={f"{split}.txt": text_stamp(os.path.join(folder, f"{split}.txt"))
+                            for split in ("train", "val")})
     try:
         write_dataset(folder, splits, meta)
     except OSError as e:
         raise ValueError(f"{folder} holds the transformer tutorial's train.txt / val.txt, and "
                          f"train.bin / val.bin could not be written beside them ({e.strerror}); "
                          f"copy the folder somewhere writable and pass that") from None
-    print(f"note: {folder}: the transformer tutorial's train.txt / val.txt, written once as "
-          f"train.bin / val.bin / meta.json (bytes tokenizer)", file=sys.stderr)
+    print(f"note: {folder}: the transformer tutorial's train.txt / val.txt, written as "
+          f"train.bin / val.bin / meta.json (bytes tokenizer; again when they change)", file=sys.stderr)
     return meta

@@ -174,6 +174,14 @@ def test_eval_reads_the_tutorials_data_folder(tutorial_run, tmp_path):
     assert done.returncode == 0, done.stderr
     assert (data_dir / "val.bin").is_file()
     assert json.loads((data_dir / "meta.json").read_text())["tokenizer"] == "bytes"
+    assert json.loads(done.stdout)["loss"] == pytest.approx(reference_loss(ref, data_dir), abs=1e-5)
+    # its config's dataset is a folder of the tutorial's repo, never data/shakespeare_char here
+    unnamed = run_script("eval.py", f"--out_dir={out_dir}", "--device=cpu", cwd=tmp_path)
+    assert unnamed.returncode != 0 and "--dataset" in error_lines(unnamed.stderr)[-1]
+
+
+def reference_loss(ref, data_dir):
+    """The tutorial model's mean loss over val.txt in windows of block_size side by side."""
     val = as_bytes((data_dir / "val.txt").read_text())
     nll, count = 0.0, 0
     with torch.no_grad():
@@ -182,10 +190,27 @@ def test_eval_reads_the_tutorials_data_folder(tutorial_run, tmp_path):
             x = x[:len(y)]
             nll += F.cross_entropy(ref(x[None])[0], y, reduction="sum").item()
             count += len(y)
-    assert json.loads(done.stdout)["loss"] == pytest.approx(nll / count, abs=1e-5)
-    # its config's dataset is a folder of the tutorial's repo, never data/shakespeare_char here
-    unnamed = run_script("eval.py", f"--out_dir={out_dir}", "--device=cpu", cwd=tmp_path)
-    assert unnamed.returncode != 0 and "--dataset" in error_lines(unnamed.stderr)[-1]
+    return nll / count
+
+
+def test_a_changed_text_file_writes_the_bins_again(tutorial_run, tmp_path):
+    """The tutorial's scripts read val.txt: after it changes (same size, other bytes) eval.py
+    scores the new text, not the .bin files written from the old one, and says so."""
+    import shutil
+    ref, out_dir, shared = tutorial_run
+    data_dir = tmp_path / "data"
+    shutil.copytree(shared, data_dir)
+    args = [f"--out_dir={out_dir}", f"--dataset={data_dir}", "--json=True", "--device=cpu",
+            "--dtype=float32"]
+    assert run_script("eval.py", *args, cwd=tmp_path).returncode == 0
+    old = (data_dir / "val.txt").read_text()
+    (data_dir / "val.txt").write_text(old[::-1])  # the same bytes, reversed
+    done = run_script("eval.py", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "val.txt changed since" in done.stderr
+    assert json.loads(done.stdout)["loss"] == pytest.approx(reference_loss(ref, data_dir), abs=1e-5)
+    again = run_script("eval.py", *args, cwd=tmp_path)  # nothing changed since: nothing written
+    assert again.returncode == 0 and "changed since" not in again.stderr
 
 
 def test_train_resumes_the_tutorials_checkpoint(tutorial_run, tmp_path):
