@@ -355,17 +355,23 @@ def test_kill_9_during_checkpoint_write_keeps_previous_checkpoint(trained_run, c
     assert f"removed {leftovers[0]}" in result.stderr
 
 
-def test_sigint_saves_last_pt_exits_130_and_resume_continues(char_dataset, tmp_path):
-    out_dir = tmp_path / "out"
-    args = train_args(char_dataset, out_dir, "--max_iters=100000", "--eval_interval=100000")
+def ctrl_c_at(iteration, args, tmp_path):
+    """train.py `args` in the background, SIGINT once it logged `iteration`: (exit code, output)."""
     proc = start_script("train.py", *args, cwd=tmp_path, stdout_path=tmp_path / "run.log")
     try:
-        wait_for(lambda: "iter 5:" in (tmp_path / "run.log").read_text(), 90, "iteration 5", proc)
+        wait_for(lambda: f"iter {iteration}:" in (tmp_path / "run.log").read_text(), 90,
+                 f"iteration {iteration}", proc)
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
     finally:
         proc.kill()
-    output = (tmp_path / "run.log").read_text()
+    return code, (tmp_path / "run.log").read_text()
+
+
+def test_sigint_saves_last_pt_exits_130_and_resume_continues(char_dataset, tmp_path):
+    out_dir = tmp_path / "out"
+    args = train_args(char_dataset, out_dir, "--max_iters=100000", "--eval_interval=100000")
+    code, output = ctrl_c_at(5, args, tmp_path)
     assert code == 130, output
     assert "Traceback" not in output
     stopped = re.search(r"stopped at iteration (\d+)\. To resume:\n  (.+)\n", output)
@@ -393,14 +399,7 @@ def test_sigint_before_a_new_runs_first_checkpoint_keeps_the_earlier_run(trained
     out_dir = copy_run(trained_run[0], tmp_path)
     before = snapshot(out_dir / "ckpt.pt", out_dir / "last.pt")
     args = train_args(char_dataset, out_dir, "--n_embd=16", "--max_iters=100000", "--eval_interval=100000")
-    proc = start_script("train.py", *args, cwd=tmp_path, stdout_path=tmp_path / "run.log")
-    try:
-        wait_for(lambda: "iter 3:" in (tmp_path / "run.log").read_text(), 90, "iteration 3", proc)
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    output = (tmp_path / "run.log").read_text()
+    code, output = ctrl_c_at(3, args, tmp_path)
     assert code == 130 and "Traceback" not in output, output
     assert snapshot(out_dir / "ckpt.pt", out_dir / "last.pt") == before
     assert "ckpt.pt and last.pt in" in output and "are kept" in output, output
