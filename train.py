@@ -349,11 +349,12 @@ while True:
         saves = ['interrupted.pt']
     if saves:
         save(saves)
-        for name in [] if kept else [n for n in earlier_run if n not in saves]:
-            with contextlib.suppress(FileNotFoundError):  # replaced: no folder mixing two runs
-                os.remove(os.path.join(out_dir, name))
-                print(f"removed the earlier run's {os.path.join(out_dir, name)} (this run replaces it)")
-        earlier_run = earlier_run if kept else []
+        if not kept:  # this run's first checkpoint replaces the earlier run's: no folder mixing two
+            for name in [n for n in earlier_run if n not in saves]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(out_dir, name))
+                    print(f"removed the earlier run's {os.path.join(out_dir, name)} (this run replaces it)")
+            earlier_run = []
     if stop or eval_only or iter_num >= last_iter:
         exit_code, message = (130 if stop else 0), None
         if stop and master_process and earlier_run:
